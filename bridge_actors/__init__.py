@@ -1,0 +1,86 @@
+"""bridge_actors: watch and drive remote devices from a browser, at scale.
+
+Every session, connection and device capture is an actor task in one Trio
+nursery::
+
+    async with bridge_actors.open_bridge(settings) as bridge:
+        session = await bridge.create_session("iPhone 15 (simulated)", "18.0")
+        async with bridge.watch(session.session_id) as viewer:
+            async for frame in viewer:
+                ...
+"""
+
+from ._backend import (
+    BINARY_HEADER_SIZE,
+    Button,
+    Configurations,
+    ControlEvent,
+    DeviceBackend,
+    DeviceInfo,
+    Frame,
+    FrameSink,
+    Key,
+    LogLine,
+    Screenshot,
+    Swipe,
+    Tap,
+    Text,
+    parse_binary_header,
+    parse_control,
+)
+from ._bridge import Bridge, BridgeStatistics, Kpis, open_bridge
+from ._errors import (
+    BadInput,
+    BridgeError,
+    CaptureFailed,
+    CaptureStopped,
+    DeviceError,
+    InvalidSettings,
+    RateLimited,
+    Refused,
+    ServerBusy,
+    SessionFull,
+    SessionNotFound,
+    ViewerEvicted,
+)
+from ._settings import PROFILES, Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BINARY_HEADER_SIZE",
+    "PROFILES",
+    "BadInput",
+    "Bridge",
+    "BridgeError",
+    "BridgeStatistics",
+    "Button",
+    "CaptureFailed",
+    "CaptureStopped",
+    "Configurations",
+    "ControlEvent",
+    "DeviceBackend",
+    "DeviceError",
+    "DeviceInfo",
+    "Frame",
+    "FrameSink",
+    "InvalidSettings",
+    "Key",
+    "Kpis",
+    "LogLine",
+    "RateLimited",
+    "Refused",
+    "Screenshot",
+    "ServerBusy",
+    "SessionFull",
+    "SessionNotFound",
+    "Settings",
+    "Swipe",
+    "Tap",
+    "Text",
+    "ViewerEvicted",
+    "load_settings",
+    "open_bridge",
+    "parse_binary_header",
+    "parse_control",
+]

@@ -1,0 +1,36 @@
+"""Build the device backends a server was configured with."""
+
+from __future__ import annotations
+
+import trio
+
+from ._backend import DeviceBackend
+from ._settings import Settings
+
+
+def make_backends(
+    settings: Settings, encode_limiter: trio.CapacityLimiter
+) -> dict[str, DeviceBackend]:
+    backends: dict[str, DeviceBackend] = {}
+    for name in settings.backends:
+        if name == "simulated":
+            from ._simulated import SimulatedBackend
+
+            backends[name] = SimulatedBackend(
+                encode_limiter=encode_limiter, jpeg_quality=settings.jpeg_quality
+            )
+        elif name == "media":
+            from ._media import MediaBackend
+
+            backends[name] = MediaBackend(
+                sources=settings.media_sources,
+                encode_limiter=encode_limiter,
+                jpeg_quality=settings.jpeg_quality,
+            )
+        elif name == "ios":
+            from ._ios import IosBackend
+
+            backends[name] = IosBackend(encode_limiter=encode_limiter, fps=settings.fps)
+        else:
+            raise ValueError(f"unknown backend {name!r}")
+    return backends

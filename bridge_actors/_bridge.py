@@ -1,0 +1,335 @@
+"""``open_bridge``: every actor of the bridge inside one nursery, and the handle to them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._backend import (
+    Configurations,
+    ControlEvent,
+    DeviceBackend,
+    Screenshot,
+    parse_control,
+)
+from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
+from ._errors import BadInput, BridgeError, DeviceError
+from ._fanout import Viewer
+from ._lifeline import Lifeline
+from ._logstream import LogSubscription
+from ._persist import SessionStore, StoreStatistics
+from ._ratelimit import RateLimiter, RateLimiterStatistics
+from ._sessions import Connection, RegistryStatistics, Session, SessionRegistry
+from ._settings import Settings, load_settings
+from ._warden import MemorySample, MemoryWarden, WardenStatistics
+
+log = logging.getLogger("bridge_actors")
+
+
+@dataclass(frozen=True, slots=True)
+class Kpis:
+    """The service-level figures operators watch, live."""
+
+    connection_success_rate: float
+    denied_share: Mapping[str, float]
+    service_reuse_rate: float
+    rss_growth_mb_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStatistics:
+    timestamp: float
+    ready: bool
+    connection_manager: dict[str, Any]
+    resource_manager: dict[str, Any]
+    rate_limiter: RateLimiterStatistics
+    warden: WardenStatistics
+    pool: CapturePoolStatistics
+    captures: tuple[CaptureStatistics, ...]
+    sessions: RegistryStatistics
+    store: StoreStatistics
+    kpis: Kpis
+
+
+class Bridge:
+    """The handle an application holds; every call goes to the actor that owns the state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: dict[str, DeviceBackend],
+        memory_probe: Callable[[], MemorySample] | None,
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.limiter = RateLimiter(
+            per_minute=settings.max_connections_per_minute,
+            per_session=settings.max_connections_per_session,
+            max_connections=settings.max_connections,
+            max_buckets=settings.max_rate_limit_buckets,
+            cleanup_interval=settings.connection_cleanup_interval,
+        )
+        self.pool = CapturePool(
+            CaptureConfig(
+                fps=settings.fps,
+                slot_size=settings.viewer_slot_size,
+                viewer_deadline=settings.viewer_deadline,
+                idle_timeout=settings.service_idle_timeout,
+                restart_max=settings.restart_max,
+                restart_period=settings.restart_period,
+                restart_backoff_initial=settings.restart_backoff_initial,
+                restart_backoff_max=settings.restart_backoff_max,
+            )
+        )
+        self.warden = MemoryWarden(
+            self.pool,
+            limit_mb=settings.max_memory_mb,
+            interval=settings.memory_check_interval,
+            probe=memory_probe,
+        )
+        self.store = SessionStore(settings.state_dir)
+        self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
+        self.client_connections = 0
+        self.client_disconnections = 0
+        self.started = False
+        self.draining = False
+
+    async def _session_ended(self, session: Session) -> None:
+        done = self.pool.stop_device(session.device.udid, "session deleted")
+        self.limiter.forget_session(session.session_id)
+        if done is not None:
+            await done.wait()
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True while new viewers are welcome: started, not draining, memory not critical."""
+        return self.started and not self.draining and self.warden.ready
+
+    def begin_drain(self) -> None:
+        """Stop welcoming viewers (shutdown has begun); readiness turns false at once."""
+        self.draining = True
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def configurations(self) -> Configurations:
+        return await self.registry.configurations()
+
+    async def create_session(self, device_type: str, ios_version: str) -> Session:
+        return await self.registry.create(device_type, ios_version)
+
+    def get_session(self, session_id: str) -> Session:
+        return self.registry.get(session_id)
+
+    def list_sessions(self) -> list[Session]:
+        return self.registry.sessions()
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.registry.delete(session_id)
+
+    async def delete_all_sessions(self) -> int:
+        return await self.registry.delete_all()
+
+    async def recover_orphaned(self) -> int:
+        return await self.registry.recover_orphaned()
+
+    # -- connections and viewers -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(
+        self, session_id: str, kind: str, client_ip: str
+    ) -> AsyncIterator[Connection]:
+        """Admit one client connection, or raise SessionNotFound / RateLimited /
+        SessionFull / ServerBusy. Leaving the block releases every slot it held;
+        deleting the session meanwhile ends the block with SessionNotFound(deleted=True)."""
+        session = self.registry.get(session_id)
+        admission = self.limiter.admit(session_id, client_ip, kind)
+        try:
+            connection = session.open_connection(kind, client_ip)
+            self.client_connections += 1
+            try:
+                with connection.lifeline.held():
+                    yield connection
+            finally:
+                session.close_connection(connection)
+                self.client_disconnections += 1
+        finally:
+            self.limiter.release(admission)
+
+    @asynccontextmanager
+    async def watch(
+        self, session_id: str, *, max_fps: float | None = None
+    ) -> AsyncIterator[Viewer]:
+        """Frames of the session's device for one viewer: ``async for frame in viewer``.
+
+        Ends with ViewerEvicted if the viewer stays behind past the deadline,
+        CaptureFailed if the capture fails for good, CaptureStopped if it was
+        stopped (memory warden, shutdown), SessionNotFound if the session goes.
+        """
+        if max_fps is not None and not (0 < max_fps <= 1000):
+            raise BadInput("fps", f"must be within (0, 1000], not {max_fps}")
+        session = self.registry.get(session_id)
+        membership = Lifeline()
+        session.adopt(membership)
+        try:
+            with membership.held():
+                async with self.pool.subscribe(
+                    session.backend,
+                    session.device,
+                    lambda: session.applied_input_seq,
+                    max_fps=max_fps,
+                ) as viewer:
+                    yield viewer
+        finally:
+            session.release(membership)
+
+    async def control(self, session_id: str, event: ControlEvent | Mapping[str, Any]) -> int:
+        """Apply a control event (or its JSON form); returns its input_seq once applied."""
+        if not isinstance(event, ControlEvent):
+            event = parse_control(event)
+        return await self.registry.control(session_id, event)
+
+    async def screenshot(self, session_id: str) -> Screenshot:
+        session = self.registry.get(session_id)
+        return await session.backend.screenshot(session.device)
+
+    @asynccontextmanager
+    async def logs(self, session_id: str) -> AsyncIterator[LogSubscription]:
+        session = self.registry.get(session_id)
+        assert session.logs is not None
+        membership = Lifeline()
+        session.adopt(membership)
+        try:
+            with membership.held():
+                async with session.logs.subscribe() as subscription:
+                    yield subscription
+        finally:
+            session.release(membership)
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def connection_stats(self) -> dict[str, Any]:
+        sessions = self.registry.sessions()
+        limiter = self.limiter.statistics()
+        return {
+            "total_sessions": len(sessions),
+            "total_connections": sum(len(s.connections) for s in sessions),
+            "sessions": {s.session_id: s.connection_stats() for s in sessions},
+            "rate_limit_buckets": limiter.buckets,
+        }
+
+    def resource_stats(self) -> dict[str, Any]:
+        pool = self.pool.statistics()
+        warden = self.warden.statistics()
+        last = warden.last
+        return {
+            "video_services": pool.services,
+            "webrtc_services": 0,
+            "total_clients": pool.viewers,
+            "metrics": {
+                "services_created": pool.services_created,
+                "services_destroyed": pool.services_destroyed,
+                "memory_cleanups": warden.memory_cleanups,
+                "client_connections": self.client_connections,
+                "client_disconnections": self.client_disconnections,
+            },
+            "memory": {
+                "rss_mb": round(last.rss_mb, 2) if last else None,
+                "vms_mb": round(last.vms_mb, 2) if last else None,
+                "percent": round(last.percent, 3) if last else None,
+                "limit_mb": warden.limit_mb,
+                "available_mb": round(last.available_mb, 1) if last else None,
+            },
+        }
+
+    def statistics(self) -> BridgeStatistics:
+        limiter = self.limiter.statistics()
+        pool = self.pool.statistics()
+        warden = self.warden.statistics()
+        return BridgeStatistics(
+            timestamp=time.time(),
+            ready=self.ready,
+            connection_manager=self.connection_stats(),
+            resource_manager=self.resource_stats(),
+            rate_limiter=limiter,
+            warden=warden,
+            pool=pool,
+            captures=tuple(s.statistics() for s in self.pool.services()),
+            sessions=self.registry.statistics(),
+            store=self.store.statistics(),
+            kpis=Kpis(
+                connection_success_rate=limiter.success_rate,
+                denied_share=dict(limiter.denied_share),
+                service_reuse_rate=pool.reuse_rate,
+                rss_growth_mb_per_hour=warden.rss_growth_mb_per_hour,
+            ),
+        )
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
+
+
+@asynccontextmanager
+async def open_bridge(
+    settings: Settings | None = None,
+    *,
+    backends: Mapping[str, DeviceBackend] | None = None,
+    memory_probe: Callable[[], MemorySample] | None = None,
+) -> AsyncIterator[Bridge]:
+    """Run the bridge's actors for the duration of the block.
+
+    Works inside a caller's own nursery. A failure comes out as one plain
+    exception, never an exception group: a single error is re-raised as it is;
+    several are wrapped in one BridgeError naming them.
+    """
+    settings = settings if settings is not None else load_settings()
+    encode_limiter = trio.CapacityLimiter(settings.encode_threads)
+    if backends is None:
+        from ._backends import make_backends
+
+        backends = make_backends(settings, encode_limiter)
+    for backend in backends.values():
+        check = getattr(backend, "check", None)
+        if check is not None:
+            await check()
+    bridge = Bridge(settings, dict(backends), memory_probe)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.limiter.run)
+            await nursery.start(bridge.pool.run)
+            await nursery.start(bridge.warden.run)
+            await nursery.start(bridge.registry.run)
+            bridge.started = True
+            log.info("bridge started (backends: %s)", ", ".join(backends))
+            try:
+                yield bridge
+            finally:
+                bridge.begin_drain()
+                with trio.move_on_after(settings.shutdown_grace, shield=True):
+                    await bridge.registry.save()
+                    log.info("final statistics: %s", bridge.resource_stats())
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise BridgeError(
+            "bridge failed: " + "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+        ) from group
+
+
+__all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "open_bridge"]

@@ -1,0 +1,265 @@
+"""Connection admission: a sliding window per (session, client address) plus concurrency caps.
+
+The arithmetic lives in :class:`SlidingWindow`, which takes ``now`` as an
+argument and never touches an event loop, so tests drive it with plain numbers.
+:class:`RateLimiter` adds the two concurrency caps and reads the Trio clock;
+its only task, :meth:`RateLimiter.run`, prunes buckets whose attempts have all
+left the window.
+
+Memory stays bounded under a flood of distinct addresses: each bucket holds at
+most ``limit`` timestamps, and the buckets form an LRU of at most ``max_keys``
+entries, so the oldest idle address is forgotten before memory can grow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from ._errors import BadInput, InvalidSettings, RateLimited, ServerBusy, SessionFull
+
+DENIAL_REASONS = (RateLimited.reason, SessionFull.reason, ServerBusy.reason)
+
+
+def _require_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSettings(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _require_positive(name: str, value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidSettings(f"{name} must be a finite number > 0, got {value!r}")
+
+
+class SlidingWindow:
+    """At most ``limit`` attempts per key within any ``window`` seconds, exactly.
+
+    An attempt admitted at ``t`` counts against its key while ``now < t + window``.
+    Each key keeps the timestamps of its admitted attempts in a deque of at most
+    ``limit`` entries, so a decision costs O(1) amortised: expire from the left,
+    compare the length with the limit. Refused attempts are never recorded, so
+    a client that keeps knocking cannot push its own retry time further away.
+    """
+
+    __slots__ = ("_buckets", "_limit", "_window", "evictions", "max_keys")
+
+    def __init__(self, *, limit: int, window: float = 60.0, max_keys: int = 10000) -> None:
+        _require_int("limit", limit, 1)
+        _require_positive("window", window)
+        _require_int("max_keys", max_keys, 1)
+        self._limit = limit
+        self._window = float(window)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[Hashable, deque[float]] = OrderedDict()
+        self.evictions = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def window(self) -> float:
+        return self._window
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        """The live keys, least recently used first (a snapshot, safe to mutate while iterating)."""
+        return iter(list(self._buckets))
+
+    def _touch(self, key: Hashable, now: float) -> deque[float] | None:
+        """Expire ``key``'s old attempts and mark it recently used; drop it if nothing is left."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        # ``t + window <= now`` rather than ``t <= now - window``: the same sum is
+        # used by retry_after, so a refused key always gets a strictly positive wait.
+        while bucket and bucket[0] + self._window <= now:
+            bucket.popleft()
+        if not bucket:
+            del self._buckets[key]
+            return None
+        self._buckets.move_to_end(key)
+        return bucket
+
+    def retry_after(self, key: Hashable, now: float) -> float:
+        """0.0 if an attempt now would be admitted, else the seconds until it would be."""
+        bucket = self._touch(key, now)
+        if bucket is None or len(bucket) < self._limit:
+            return 0.0
+        return bucket[0] + self._window - now
+
+    def consume(self, key: Hashable, now: float) -> None:
+        """Record an admitted attempt. Raises :class:`RateLimited` if the window is already full."""
+        bucket = self._touch(key, now)
+        if bucket is None:
+            bucket = self._buckets[key] = deque(maxlen=self._limit)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+                self.evictions += 1
+        elif len(bucket) >= self._limit:
+            raise RateLimited(bucket[0] + self._window - now)
+        bucket.append(now)
+
+    def discard(self, key: Hashable) -> bool:
+        """Forget ``key`` entirely; True if it had a bucket."""
+        return self._buckets.pop(key, None) is not None
+
+    def prune(self, now: float) -> int:
+        """Drop every key whose attempts have all left the window; returns how many went."""
+        before = len(self._buckets)
+        for key in list(self._buckets):
+            bucket = self._buckets[key]
+            while bucket and bucket[0] + self._window <= now:
+                bucket.popleft()
+            if not bucket:
+                del self._buckets[key]
+        return before - len(self._buckets)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Admission:
+    """One admitted connection, handed back to :meth:`RateLimiter.release` when it ends.
+
+    Compared by identity: two connections from the same address at the same
+    instant are still two connections, and each must be released once.
+    """
+
+    session_id: str
+    client_ip: str
+    kind: str
+    admitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiterStatistics:
+    buckets: int
+    bucket_evictions: int
+    attempts: int
+    admitted: int
+    denied: Mapping[str, int]
+    active_connections: int
+    active_by_session: Mapping[str, int]
+    max_connections: int
+    max_per_session: int
+    per_minute: int
+    success_rate: float
+    denied_share: Mapping[str, float]
+
+
+class RateLimiter:
+    """Decides whether a connection may open, and keeps count of those that did.
+
+    Checks run from the widest to the narrowest: the bridge-wide cap
+    (:class:`ServerBusy`), the session's concurrent cap (:class:`SessionFull`),
+    then the (session, address) window (:class:`RateLimited`). Nothing is
+    consumed unless every check passes, so a refusal never costs the client
+    a window slot.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        per_session: int,
+        max_connections: int,
+        max_buckets: int = 10000,
+        cleanup_interval: float = 30.0,
+        window: float = 60.0,
+    ) -> None:
+        _require_int("per_minute", per_minute, 1)
+        _require_int("per_session", per_session, 1)
+        _require_int("max_connections", max_connections, 1)
+        _require_int("max_buckets", max_buckets, 1)
+        _require_positive("cleanup_interval", cleanup_interval)
+        _require_positive("window", window)
+        self._window = SlidingWindow(limit=per_minute, window=window, max_keys=max_buckets)
+        self._per_session = per_session
+        self._max_connections = max_connections
+        self._cleanup_interval = float(cleanup_interval)
+        self._live: set[Admission] = set()
+        self._active_by_session: dict[str, int] = {}
+        self._attempts = 0
+        self._admitted = 0
+        self._denied = dict.fromkeys(DENIAL_REASONS, 0)
+
+    def admit(self, session_id: str, client_ip: str, kind: str = "video") -> Admission:
+        """Admit one connection or raise the :class:`~bridge_actors.Refused` subclass saying why."""
+        for field, value in (("session_id", session_id), ("client_ip", client_ip), ("kind", kind)):
+            if not isinstance(value, str) or not value:
+                raise BadInput(field, f"must be a non-empty string, got {value!r}")
+        now = trio.current_time()
+        self._attempts += 1
+        try:
+            if len(self._live) >= self._max_connections:
+                raise ServerBusy(
+                    f"the bridge has reached its limit of {self._max_connections} connections"
+                )
+            if self._active_by_session.get(session_id, 0) >= self._per_session:
+                raise SessionFull(session_id, self._per_session)
+            wait = self._window.retry_after((session_id, client_ip), now)
+            if wait > 0:
+                raise RateLimited(wait)
+        except (ServerBusy, SessionFull, RateLimited) as refusal:
+            self._denied[refusal.reason] += 1
+            raise
+        self._window.consume((session_id, client_ip), now)
+        admission = Admission(session_id, client_ip, kind, now)
+        self._live.add(admission)
+        self._active_by_session[session_id] = self._active_by_session.get(session_id, 0) + 1
+        self._admitted += 1
+        return admission
+
+    def release(self, admission: Admission) -> None:
+        """The connection ended. Releasing the same admission again does nothing."""
+        if admission not in self._live:
+            return
+        self._live.remove(admission)
+        remaining = self._active_by_session[admission.session_id] - 1
+        if remaining:
+            self._active_by_session[admission.session_id] = remaining
+        else:
+            del self._active_by_session[admission.session_id]
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a deleted session's buckets; its open connections still drain through release()."""
+        for key in self._window:
+            if isinstance(key, tuple) and key[0] == session_id:
+                self._window.discard(key)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Prune empty buckets every ``cleanup_interval`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._cleanup_interval)
+            self._window.prune(trio.current_time())
+
+    def statistics(self) -> RateLimiterStatistics:
+        attempts = self._attempts
+        return RateLimiterStatistics(
+            buckets=len(self._window),
+            bucket_evictions=self._window.evictions,
+            attempts=attempts,
+            admitted=self._admitted,
+            denied=dict(self._denied),
+            active_connections=len(self._live),
+            active_by_session=dict(self._active_by_session),
+            max_connections=self._max_connections,
+            max_per_session=self._per_session,
+            per_minute=self._window.limit,
+            success_rate=self._admitted / attempts if attempts else 1.0,
+            denied_share={
+                reason: (count / attempts if attempts else 0.0)
+                for reason, count in self._denied.items()
+            },
+        )

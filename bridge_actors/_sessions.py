@@ -1,0 +1,402 @@
+"""Sessions: one device each, owning everything opened on it.
+
+A Session is an actor in the registry's nursery with its own cancel scope.
+Deleting it cuts the lifeline of every connection and viewer opened on it
+(they raise ``SessionNotFound(deleted=True)``), stops its capture and cancels
+its log stream; nothing it opened can outlive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._backend import Configurations, ControlEvent, DeviceBackend, DeviceInfo
+from ._errors import BadInput, DeviceError, SessionNotFound
+from ._lifeline import Lifeline
+from ._logstream import LogStream
+from ._persist import SessionStore
+
+log = logging.getLogger("bridge_actors.sessions")
+
+HEALTH_CHECK_INTERVAL = 10.0
+HEALTH_CHECK_TIMEOUT = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One admitted client connection (a WebSocket, or an in-process client)."""
+
+    id: int
+    session_id: str
+    kind: str
+    client_ip: str
+    opened_at: float
+    lifeline: Lifeline
+
+
+_connection_ids = itertools.count(1)
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        device: DeviceInfo,
+        backend: DeviceBackend,
+        *,
+        created_at: float | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.device = device
+        self.backend = backend
+        self.created_at = time.time() if created_at is None else created_at
+        self.accessible = True
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.logs: LogStream | None = None
+        self._lifelines: set[Lifeline] = set()
+        self.connections: dict[int, Connection] = {}
+        self.total_connections = 0
+        self.first_connection: float | None = None
+        self.last_connection: float | None = None
+        self.applied_input_seq = 0
+        self._next_input_seq = 0
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    self.logs = LogStream(self.backend, self.device, nursery)
+                    nursery.start_soon(self._watch_health)
+                    task_status.started(self)
+                    await trio.sleep_forever()
+        finally:
+            self.done.set()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await trio.sleep(HEALTH_CHECK_INTERVAL)
+            with trio.move_on_after(HEALTH_CHECK_TIMEOUT) as timeout:
+                try:
+                    self.accessible = await self.backend.is_accessible(self.device)
+                except Exception as exc:
+                    log.warning("health check of %s failed: %r", self.session_id, exc)
+                    self.accessible = False
+            if timeout.cancelled_caught:
+                self.accessible = False
+
+    def adopt(self, lifeline: Lifeline) -> None:
+        if self.scope.cancel_called:
+            raise SessionNotFound(self.session_id, deleted=True)
+        self._lifelines.add(lifeline)
+
+    def release(self, lifeline: Lifeline) -> None:
+        self._lifelines.discard(lifeline)
+
+    def end(self) -> None:
+        """Cut everything opened on this session and cancel its own tasks."""
+        for lifeline in list(self._lifelines):
+            lifeline.cut(SessionNotFound(self.session_id, deleted=True))
+        self.scope.cancel()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def open_connection(self, kind: str, client_ip: str) -> Connection:
+        now = time.time()
+        connection = Connection(
+            next(_connection_ids), self.session_id, kind, client_ip, now, Lifeline()
+        )
+        self.adopt(connection.lifeline)
+        self.connections[connection.id] = connection
+        self.total_connections += 1
+        if self.first_connection is None:
+            self.first_connection = now
+        self.last_connection = now
+        return connection
+
+    def close_connection(self, connection: Connection) -> None:
+        self.connections.pop(connection.id, None)
+        self.release(connection.lifeline)
+
+    def next_input_seq(self) -> int:
+        self._next_input_seq += 1
+        return self._next_input_seq
+
+    def input_applied(self, input_seq: int) -> None:
+        self.applied_input_seq = max(self.applied_input_seq, input_seq)
+
+    # -- views -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        device_state = getattr(self.backend, "device_state", None)
+        return device_state(self.device) if device_state else "Booted"
+
+    @property
+    def status(self) -> str:
+        return "healthy" if self.accessible else "offline"
+
+    def connection_stats(self) -> dict[str, Any]:
+        return {
+            "total_connections": self.total_connections,
+            "active_connections": len(self.connections),
+            "connection_types": dict(Counter(c.kind for c in self.connections.values())),
+            "first_connection": self.first_connection,
+            "last_connection": self.last_connection,
+        }
+
+    def list_item(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "device_type": self.device.device_type,
+            "ios_version": self.device.ios_version,
+            "udid": self.device.udid,
+            "created_at": self.created_at,
+            "uptime": max(0.0, time.time() - self.created_at),
+            "installed_apps_count": 0,
+            "state": self.state,
+            "pid": None,
+            "status": self.status,
+        }
+
+    def info(self) -> dict[str, Any]:
+        d = self.device
+        return {
+            "session_id": self.session_id,
+            "device_type": d.device_type,
+            "ios_version": d.ios_version,
+            "udid": d.udid,
+            "device_name": d.name,
+            "created_at": self.created_at,
+            "uptime": max(0.0, time.time() - self.created_at),
+            "pid": None,
+            "state": self.state,
+            "device_width": d.point_width,
+            "device_height": d.point_height,
+            "stream_width": d.pixel_width,
+            "stream_height": d.pixel_height,
+            "installed_apps": {},
+            "status": self.status,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "device": self.device.to_record(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStatistics:
+    sessions: int
+    created: int
+    deleted: int
+    restored: int
+    recovered: int
+    unrestored: int
+    load_problem: str | None
+
+
+class SessionRegistry:
+    """The actor owning every session; persists them after each change."""
+
+    def __init__(
+        self,
+        backends: dict[str, DeviceBackend],
+        store: SessionStore,
+        *,
+        on_session_end=None,
+    ) -> None:
+        self._backends = backends
+        self._store = store
+        self._on_session_end = on_session_end
+        self._sessions: dict[str, Session] = {}
+        self._unrestored: list[dict[str, Any]] = []
+        self._nursery: trio.Nursery | None = None
+        self.created = 0
+        self.deleted = 0
+        self.restored = 0
+        self.recovered = 0
+        self.load_problem: str | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._restore()
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def configurations(self) -> Configurations:
+        types: list[str] = []
+        versions: list[str] = []
+        for backend in self._backends.values():
+            config = await backend.configurations()
+            types.extend(t for t in config.device_types if t not in types)
+            versions.extend(v for v in config.ios_versions if v not in versions)
+        return Configurations(tuple(types), tuple(versions))
+
+    async def _backend_for(self, device_type: str) -> DeviceBackend:
+        known: list[str] = []
+        for backend in self._backends.values():
+            config = await backend.configurations()
+            if device_type in config.device_types:
+                return backend
+            known.extend(config.device_types)
+        raise BadInput(
+            "device_type", f"unknown device type {device_type!r}; known: {', '.join(known)}"
+        )
+
+    # -- changes -----------------------------------------------------------------------------
+
+    async def create(self, device_type: str, ios_version: str) -> Session:
+        if not isinstance(device_type, str) or not device_type.strip():
+            raise BadInput("device_type", "is required")
+        if not isinstance(ios_version, str) or not ios_version.strip():
+            raise BadInput("ios_version", "is required")
+        backend = await self._backend_for(device_type)
+        device = await backend.create_device(device_type, ios_version)
+        session = await self._start(secrets.token_hex(16), device, backend)
+        self.created += 1
+        log.info("created session %s (%s, %s)", session.session_id, device_type, ios_version)
+        await self.save()
+        return session
+
+    async def _start(
+        self,
+        session_id: str,
+        device: DeviceInfo,
+        backend: DeviceBackend,
+        created_at: float | None = None,
+    ) -> Session:
+        assert self._nursery is not None, "SessionRegistry is not running"
+        session = Session(session_id, device, backend, created_at=created_at)
+        self._sessions[session_id] = session
+        await self._nursery.start(session.run)
+        return session
+
+    async def delete(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFound(session_id)
+        session.end()
+        if self._on_session_end is not None:
+            await self._on_session_end(session)
+        await session.done.wait()
+        self.deleted += 1
+        try:
+            with trio.fail_after(30):
+                await session.backend.delete_device(session.device)
+        except (DeviceError, OSError, trio.TooSlowError) as exc:
+            log.warning("could not delete device %s: %r", session.device.udid, exc)
+        log.info("deleted session %s", session_id)
+        await self.save()
+
+    async def delete_all(self) -> int:
+        count = 0
+        for session_id in list(self._sessions):
+            try:
+                await self.delete(session_id)
+                count += 1
+            except SessionNotFound:
+                pass
+        return count
+
+    async def recover_orphaned(self) -> int:
+        known = frozenset(s.device.udid for s in self._sessions.values())
+        count = 0
+        for backend in self._backends.values():
+            for device in await backend.list_orphans(known):
+                await self._start(secrets.token_hex(16), device, backend)
+                count += 1
+        self.recovered += count
+        if count:
+            await self.save()
+        return count
+
+    async def control(self, session_id: str, event: ControlEvent) -> int:
+        session = self.get(session_id)
+        input_seq = session.next_input_seq()
+        await session.backend.apply_control(session.device, event, input_seq)
+        session.input_applied(input_seq)
+        return input_seq
+
+    # -- persistence -------------------------------------------------------------------------
+
+    async def save(self) -> None:
+        records = [s.to_record() for s in self._sessions.values()] + self._unrestored
+        try:
+            await self._store.save(records)
+        except OSError as exc:
+            log.error("could not save sessions: %r", exc)
+
+    async def _restore(self) -> None:
+        result = await self._store.load()
+        self.load_problem = result.problem
+        if result.problem:
+            log.error("session file: %s (kept as %s)", result.problem, result.quarantined)
+        for record in result.records:
+            try:
+                device = DeviceInfo.from_record(record["device"])
+                session_id = str(record["session_id"])
+                created_at = float(record.get("created_at") or time.time())
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("session record %r is unusable (%r); kept in the file", record, exc)
+                self._unrestored.append(record)
+                continue
+            backend = self._backends.get(device.backend)
+            if backend is None:
+                log.warning(
+                    "session %s needs backend %r, which is not enabled; kept for later",
+                    session_id,
+                    device.backend,
+                )
+                self._unrestored.append(record)
+                continue
+            try:
+                alive = await backend.restore_device(device)
+            except (DeviceError, OSError) as exc:
+                log.warning("could not restore session %s: %r", session_id, exc)
+                alive = False
+            if not alive:
+                log.warning("session %s: device %s is gone; dropped", session_id, device.udid)
+                continue
+            await self._start(session_id, device, backend, created_at)
+            self.restored += 1
+        if self.restored:
+            log.info("restored %d session(s)", self.restored)
+
+    def statistics(self) -> RegistryStatistics:
+        return RegistryStatistics(
+            sessions=len(self._sessions),
+            created=self.created,
+            deleted=self.deleted,
+            restored=self.restored,
+            recovered=self.recovered,
+            unrestored=len(self._unrestored),
+            load_problem=self.load_problem,
+        )

@@ -1,0 +1,542 @@
+"""The bridge's configuration: one frozen :class:`Settings`, loaded from layered sources.
+
+Values come from five layers, later ones winning: built-in defaults, a named
+profile, a config file (TOML or JSON), the environment, and explicit overrides
+(the CLI flags). :func:`load_settings` merges the layers while remembering where
+each value came from, then validates the result once, so that a bad value is
+reported under the name the user actually wrote (``MAX_MEMORY_MB``,
+``port in /etc/bridge.toml``, ``--port``) and every problem is reported at once
+rather than one per restart.
+
+Constructing :class:`Settings` by keyword reads nothing from the environment:
+an embedding application or a test gets exactly the values it passed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+import types
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import annotated_types
+import pydantic
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from ._errors import InvalidSettings
+
+__all__ = ["BACKENDS", "ENV_NAMES", "PROFILES", "Settings", "load_settings"]
+
+BACKENDS = ("simulated", "media", "ios")
+
+# The seed values of the original deployment, used when no profile is chosen.
+_DEFAULT_SEEDS: Mapping[str, Any] = types.MappingProxyType(
+    {
+        "max_connections_per_session": 10,
+        "max_connections_per_minute": 20,
+        "max_memory_mb": 2048,
+        "service_idle_timeout": 300.0,
+        "connection_cleanup_interval": 30.0,
+        "memory_check_interval": 30.0,
+        "log_level": "INFO",
+    }
+)
+
+
+def _profile(
+    per_session: int,
+    per_minute: int,
+    memory_mb: int,
+    idle: float,
+    cleanup: float,
+    memory_check: float,
+    log_level: str,
+) -> Mapping[str, Any]:
+    return types.MappingProxyType(
+        {
+            "max_connections_per_session": per_session,
+            "max_connections_per_minute": per_minute,
+            "max_memory_mb": memory_mb,
+            "service_idle_timeout": idle,
+            "connection_cleanup_interval": cleanup,
+            "memory_check_interval": memory_check,
+            "log_level": log_level,
+        }
+    )
+
+
+PROFILES: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "development": _profile(3, 20, 512, 60.0, 30.0, 30.0, "DEBUG"),
+        "staging": _profile(10, 20, 2048, 300.0, 30.0, 30.0, "INFO"),
+        "production": _profile(15, 50, 4096, 600.0, 60.0, 30.0, "WARNING"),
+        "memory-optimized": _profile(5, 20, 1024, 180.0, 30.0, 15.0, "INFO"),
+        "high-concurrency": _profile(25, 100, 8192, 900.0, 30.0, 30.0, "INFO"),
+        "low-latency": _profile(10, 20, 2048, 60.0, 10.0, 10.0, "INFO"),
+    }
+)
+
+_MEDIA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where sessions are persisted when ``state_dir`` is not given (XDG base directory spec)."""
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The spec says a relative XDG_STATE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "bridge_actors"
+
+
+def _default_state_dir_without_environment() -> Path:
+    # Keyword construction must not depend on the environment (beyond the home directory).
+    return _default_state_dir({})
+
+
+class Settings(pydantic.BaseModel):
+    """Every tunable of the bridge, validated and immutable.
+
+    Build it with :func:`load_settings` to honour profiles, config files and the
+    environment; build it by keyword (``Settings(max_connections_per_minute=5)``)
+    to get exactly the values given and defaults (the default profile) for the rest.
+    ``profile`` only records which profile seeded the values; it applies nothing.
+    """
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    profile: str | None = None
+
+    # Seed settings; their environment names carry no prefix, for compatibility.
+    max_connections_per_session: int = pydantic.Field(
+        _DEFAULT_SEEDS["max_connections_per_session"], ge=1
+    )
+    max_connections_per_minute: int = pydantic.Field(
+        _DEFAULT_SEEDS["max_connections_per_minute"], ge=1
+    )
+    connection_cleanup_interval: float = pydantic.Field(
+        _DEFAULT_SEEDS["connection_cleanup_interval"], gt=0
+    )
+    max_memory_mb: int = pydantic.Field(_DEFAULT_SEEDS["max_memory_mb"], ge=64)
+    service_idle_timeout: float = pydantic.Field(_DEFAULT_SEEDS["service_idle_timeout"], ge=0)
+    memory_check_interval: float = pydantic.Field(_DEFAULT_SEEDS["memory_check_interval"], gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _DEFAULT_SEEDS[
+        "log_level"
+    ]
+
+    # Ours; environment names are BRIDGE_<FIELD> unless listed in _ENV_NAME_EXCEPTIONS.
+    max_connections: int = pydantic.Field(2000, ge=1)
+    max_rate_limit_buckets: int = pydantic.Field(10000, ge=16)
+    viewer_deadline: float = pydantic.Field(5.0, gt=0)
+    viewer_slot_size: int = pydantic.Field(2, ge=1, le=2)
+    fps: int = pydantic.Field(30, ge=1, le=120)
+    jpeg_quality: int = pydantic.Field(80, ge=1, le=100)
+    encode_threads: int = pydantic.Field(2, ge=1, le=64)
+    restart_max: int = pydantic.Field(5, ge=0)
+    restart_period: float = pydantic.Field(30.0, gt=0)
+    restart_backoff_initial: float = pydantic.Field(0.1, ge=0)
+    restart_backoff_max: float = pydantic.Field(5.0, validate_default=True)
+    state_dir: Path = pydantic.Field(default_factory=_default_state_dir_without_environment)
+    backends: tuple[str, ...] = ("simulated",)
+    media_sources: dict[str, str] = pydantic.Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = pydantic.Field(8000, ge=0, le=65535)
+    shutdown_grace: float = pydantic.Field(5.0, gt=0)
+    log_format: Literal["plain", "json"] = "plain"
+    access_log: bool = False
+    create_sessions_per_minute: int = pydantic.Field(10, ge=1)
+    initial_session: bool = True
+    max_message_bytes: int = pydantic.Field(65536, ge=1024)
+    max_body_bytes: int = pydantic.Field(1048576, ge=1024)
+    tcp_user_timeout: float = pydantic.Field(10.0, gt=0)
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _raise_invalid_settings(
+        cls,
+        data: Any,
+        handler: pydantic.ValidatorFunctionWrapHandler,
+        info: pydantic.ValidationInfo,
+    ) -> Any:
+        # One plain, readable exception instead of pydantic's report. load_settings passes
+        # the name under which each value was written as validation context.
+        try:
+            return handler(data)
+        except pydantic.ValidationError as exc:
+            labels = (info.context or {}).get("labels", {})
+            raw = data if isinstance(data, Mapping) else {}
+            raise InvalidSettings("\n".join(_explain(exc, raw, labels))) from None
+
+    @pydantic.field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}; known profiles: {', '.join(PROFILES)}")
+        return value
+
+    @pydantic.field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @pydantic.field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @pydantic.field_validator("restart_backoff_max")
+    @classmethod
+    def _backoff_max_not_below_initial(cls, value: float, info: pydantic.ValidationInfo) -> float:
+        initial = info.data.get("restart_backoff_initial")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be >= restart_backoff_initial ({initial})")
+        return value
+
+    @pydantic.field_validator("state_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @pydantic.field_validator("backends", mode="before")
+    @classmethod
+    def _parse_backends(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple):
+            return value  # let pydantic report the type
+        names: list[str] = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"backend names must be strings, got {item!r}")
+            name = item.strip().lower()
+            if not name:
+                continue
+            if name not in BACKENDS:
+                raise ValueError(f"unknown backend {item.strip()!r} (known: {', '.join(BACKENDS)})")
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise ValueError(f"at least one backend is required (known: {', '.join(BACKENDS)})")
+        return tuple(names)
+
+    @pydantic.field_validator("media_sources", mode="before")
+    @classmethod
+    def _parse_media_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for item in value.split(","):
+                if not item.strip():
+                    continue
+                name, sep, source = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item.strip()!r} is not of the form name=source")
+                name = name.strip()
+                if name in pairs:
+                    raise ValueError(f"media source {name!r} is given twice")
+                pairs[name] = source.strip()
+            value = pairs
+        if isinstance(value, Mapping):
+            for name, source in value.items():
+                if not isinstance(name, str) or not _MEDIA_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"media source name {name!r} must be letters, digits, '.', '_' or '-'"
+                    )
+                if not isinstance(source, str) or not source.strip():
+                    raise ValueError(f"media source {name!r} needs a non-empty source")
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe values for ``/stats`` and the start-up log; passwords in URLs are masked."""
+        described = self.model_dump(mode="json")
+        described["media_sources"] = {
+            name: _mask_password(source) for name, source in self.media_sources.items()
+        }
+        return described
+
+
+def _mask_password(source: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(source)
+    except ValueError:
+        return source
+    if parts.password is None:
+        return source
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Names: how each field is spelled in the environment, in config files and on the command line.
+
+_SEED_FIELDS = frozenset(_DEFAULT_SEEDS)
+_ENV_NAME_EXCEPTIONS = {"backends": "BRIDGE_BACKEND", "media_sources": "BRIDGE_MEDIA"}
+CONFIG_ENV_NAME = "BRIDGE_CONFIG"
+
+
+def _env_name(field: str) -> str:
+    if field in _SEED_FIELDS:
+        return field.upper()
+    return _ENV_NAME_EXCEPTIONS.get(field, f"BRIDGE_{field.upper()}")
+
+
+ENV_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {field: _env_name(field) for field in Settings.model_fields}
+)
+
+# Config-file keys: field names and environment names, compared case-insensitively.
+_CONFIG_KEYS: Mapping[str, str] = {
+    **{env.lower(): field for field, env in ENV_NAMES.items()},
+    **{field: field for field in Settings.model_fields},
+}
+
+
+def _flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+# ---------------------------------------------------------------------------------------------
+# The environment layer, read by pydantic-settings from any mapping (not only os.environ).
+
+
+class _EnvironmentNames(BaseSettings):
+    """Raw strings by environment name; validation happens once, later, on :class:`Settings`."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True)
+
+
+_EnvironmentReader: type[BaseSettings] = pydantic.create_model(  # type: ignore[call-overload]
+    "_EnvironmentReader",
+    __base__=_EnvironmentNames,
+    **{
+        name: (str | None, pydantic.Field(None, validation_alias=env))
+        for name, env in {**ENV_NAMES, "config": CONFIG_ENV_NAME}.items()
+    },
+)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, pointed at a given mapping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_EnvironmentReader)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Empty variables count as unset (as with ``FOO= command``).
+        return {key: value for key, value in self._environ.items() if value != ""}
+
+
+def _read_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Our variables present in ``environ``, keyed by environment name."""
+    found = _MappingEnvSource(environ)()
+    return {name: value for name, value in found.items() if value is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+class _Layers:
+    """The merged raw values, each with the label under which the user wrote it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.labels: dict[str, str] = {}
+        self.problems: list[str] = []
+
+    def set(self, field: str, value: Any, label: str) -> None:
+        self.values[field] = value
+        self.labels[field] = label
+
+    def problem(self, line: str) -> None:
+        self.problems.append(line)
+
+
+def load_settings(
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults < profile < config file < environment < overrides.
+
+    ``env`` defaults to ``os.environ``. ``config_file`` defaults to ``$BRIDGE_CONFIG``;
+    ``.toml`` and ``.json`` files are understood. ``overrides`` are keyed by field
+    name (the CLI flags); ``None`` means "not given". Reads the config file with
+    blocking I/O: call it at start-up, before the event loop, or in a thread.
+
+    Raises :class:`InvalidSettings` listing every problem, one per line, each naming
+    the variable as written, the bad value and what is accepted.
+    """
+    environ = os.environ if env is None else env
+    layers = _Layers()
+
+    from_env = _read_environment(environ)
+    given = _check_overrides(overrides or {}, layers)
+
+    file_values: dict[str, tuple[Any, str]] = {}
+    path = config_file if config_file is not None else from_env.get(CONFIG_ENV_NAME)
+    if path is not None:
+        file_values = _read_config_file(Path(path).expanduser(), layers)
+
+    # The profile chooses the seeds, so it is resolved before anything else is layered.
+    profile, profile_label = None, None
+    if "profile" in file_values:
+        profile, profile_label = file_values["profile"]
+    if ENV_NAMES["profile"] in from_env:
+        profile, profile_label = from_env[ENV_NAMES["profile"]], ENV_NAMES["profile"]
+    if "profile" in given:
+        profile, profile_label = given["profile"], _flag_name("profile")
+    seeds = _DEFAULT_SEEDS
+    if profile is not None:
+        if isinstance(profile, str) and profile in PROFILES:
+            seeds = PROFILES[profile]
+            layers.set("profile", profile, str(profile_label))
+        else:
+            layers.problem(
+                f"{profile_label}: {_show(profile)} is not a known profile; "
+                f"known profiles: {', '.join(PROFILES)}"
+            )
+
+    for field, value in seeds.items():
+        if seeds is not _DEFAULT_SEEDS:
+            layers.set(field, value, f"{field} (profile {profile!r})")
+    layers.set("state_dir", _default_state_dir(environ), "state_dir (default)")
+    for field, (value, label) in file_values.items():
+        if field != "profile":
+            layers.set(field, value, label)
+    for field, env_name in ENV_NAMES.items():
+        if field != "profile" and env_name in from_env:
+            layers.set(field, from_env[env_name], env_name)
+    for field, value in given.items():
+        if field != "profile":
+            layers.set(field, value, _flag_name(field))
+
+    try:
+        settings = Settings.model_validate(layers.values, context={"labels": layers.labels})
+    except InvalidSettings as exc:
+        layers.problems.extend(str(exc).splitlines())
+    else:
+        if not layers.problems:
+            return settings
+    raise InvalidSettings("\n".join(layers.problems))
+
+
+def _check_overrides(overrides: Mapping[str, Any], layers: _Layers) -> dict[str, Any]:
+    given = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in Settings.model_fields:
+            layers.problem(f"override {key!r} is not a setting")
+            continue
+        given[key] = value
+    return given
+
+
+def _read_config_file(path: Path, layers: _Layers) -> dict[str, tuple[Any, str]]:
+    """The file's values keyed by field, each with its label; problems go to ``layers``."""
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        layers.problem(
+            f"config file {path}: unsupported type {suffix or '(none)'!r}; "
+            "expected a .toml or .json file"
+        )
+        return {}
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        layers.problem(f"config file {path}: cannot be read: {exc.strerror or exc}")
+        return {}
+    try:
+        document = tomllib.loads(raw.decode()) if suffix == ".toml" else json.loads(raw)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        layers.problem(f"config file {path}: not valid {suffix[1:].upper()}: {exc}")
+        return {}
+    if not isinstance(document, dict):
+        layers.problem(f"config file {path}: expected a table of settings at the top level")
+        return {}
+
+    values: dict[str, tuple[Any, str]] = {}
+    keys: dict[str, str] = {}
+    for key, value in document.items():
+        field = _CONFIG_KEYS.get(key.lower())
+        if field is None:
+            guess = difflib.get_close_matches(key.lower(), _CONFIG_KEYS, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            layers.problem(f"{key} in {path}: unknown setting{hint}")
+        elif field in keys:
+            layers.problem(f"{key} in {path}: the same setting as {keys[field]}, given twice")
+        else:
+            keys[field] = key
+            values[field] = (value, f"{key} in {path}")
+    return values
+
+
+def _explain(
+    exc: pydantic.ValidationError, raw: Mapping[str, Any], labels: Mapping[str, str]
+) -> list[str]:
+    """One line per bad setting: its name as written, the value as written, what is accepted."""
+    lines = []
+    reported: set[str] = set()
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        if field in reported:
+            continue  # one line per setting, even when a container has several bad items
+        reported.add(field)
+        label = labels.get(field) or (field if field in raw else f"{field} (default)")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{label}: not a setting")
+            continue
+        shown = _show(raw.get(field, error["input"]))
+        if error["type"] == "value_error":
+            reason = str(error["ctx"]["error"])
+        else:
+            reason = f"expected {_accepted(field)}"
+        lines.append(f"{label}: {shown} is not valid; {reason}")
+    return lines
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+_ACCEPTED_OVERRIDES = {
+    "backends": f"backend names separated by commas, from: {', '.join(BACKENDS)}",
+    "media_sources": "name=source pairs separated by commas (a table in a config file)",
+    "state_dir": "a directory path",
+}
+
+_TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def _accepted(field: str) -> str:
+    """A human description of what ``field`` accepts, from its type and bounds."""
+    if field in _ACCEPTED_OVERRIDES:
+        return _ACCEPTED_OVERRIDES[field]
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return "a known setting"
+    choices = getattr(info.annotation, "__args__", ())
+    if choices and all(isinstance(choice, str) for choice in choices):
+        return "one of " + ", ".join(choices)
+    kind = _TYPE_NAMES.get(info.annotation, "a valid value")  # type: ignore[arg-type]
+    low = high = None
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            low = f">= {bound.ge}"
+        elif isinstance(bound, annotated_types.Gt):
+            low = f"> {bound.gt}"
+        elif isinstance(bound, annotated_types.Le):
+            high = bound.le
+    if low is not None and high is not None and low.startswith(">="):
+        return f"{kind} from {low[3:]} to {high}"
+    if low is not None:
+        return f"{kind} {low}"
+    return kind

@@ -1,0 +1,128 @@
+"""The fan-out drop policy, driven without an event loop."""
+
+import pytest
+
+from bridge_actors import Frame, ViewerEvicted
+from bridge_actors._fanout import Fanout, ViewerSlot
+
+
+def frame(seq: int) -> Frame:
+    return Frame(
+        seq=seq,
+        timestamp=1000.0 + seq,
+        captured_at=float(seq),
+        jpeg=b"\xff\xd8" + bytes([seq % 256]) + b"\xff\xd9",
+        pixel_width=390,
+        pixel_height=844,
+        point_width=390,
+        point_height=844,
+        input_seq=0,
+    )
+
+
+def test_slot_of_one_keeps_only_the_latest_frame():
+    slot = ViewerSlot(1, capacity=1)
+    for seq in range(1, 6):
+        slot.offer(frame(seq), now=seq)
+    assert [f.seq for f in slot.pending] == [5]
+    assert slot.dropped == 4
+    assert slot.take(now=5).seq == 5
+    assert slot.take(now=5) is None
+    assert slot.delivered == 1
+
+
+def test_slot_of_two_drops_the_oldest_unsent_frame():
+    slot = ViewerSlot(1, capacity=2)
+    for seq in range(1, 5):
+        slot.offer(frame(seq), now=seq)
+    assert [f.seq for f in slot.pending] == [3, 4]
+    assert slot.dropped == 2
+    assert slot.take(now=4).seq == 3
+    assert slot.take(now=4).seq == 4
+
+
+def test_take_latest_skips_to_the_newest_frame_and_counts_the_rest():
+    slot = ViewerSlot(1, capacity=2)
+    slot.offer(frame(1), now=0)
+    slot.offer(frame(2), now=0)
+    assert slot.take_latest(now=0).seq == 2
+    assert slot.dropped == 1
+
+
+def test_capacity_is_one_or_two():
+    with pytest.raises(ValueError, match="capacity"):
+        ViewerSlot(1, capacity=3)
+
+
+def test_stall_clock_runs_only_while_a_frame_waits_and_resets_on_progress():
+    slot = ViewerSlot(1, capacity=2)
+    assert not slot.is_stalled(now=100, deadline=5)
+    slot.offer(frame(1), now=10)
+    assert not slot.is_stalled(now=15, deadline=5)
+    assert slot.is_stalled(now=15.1, deadline=5)
+    slot.offer(frame(2), now=12)
+    slot.take(now=14)  # progress, but a frame still waits: the clock restarts
+    assert slot.stalled_since == 14
+    assert not slot.is_stalled(now=18, deadline=5)
+    slot.take(now=18)
+    assert slot.stalled_since is None
+    assert not slot.is_stalled(now=1000, deadline=5)
+
+
+def test_fanout_gives_every_keeping_up_viewer_every_frame():
+    fanout = Fanout(capacity=1, deadline=5)
+    viewers = [fanout.add() for _ in range(50)]
+    for seq in range(1, 101):
+        fanout.publish(frame(seq), now=seq * 0.033)
+        for viewer in viewers:
+            assert viewer._slot.take(now=seq * 0.033).seq == seq
+    stats = fanout.statistics()
+    assert stats.frames_in == 100
+    assert stats.frames_delivered == 50 * 100
+    assert stats.frames_dropped == 0
+    assert all(v.delivered == 100 for v in stats.per_viewer)
+
+
+def test_a_viewer_that_never_takes_costs_others_nothing_and_is_evicted_after_the_deadline():
+    fanout = Fanout(capacity=2, deadline=2.0)
+    stalled = fanout.add()
+    others = [fanout.add() for _ in range(5)]
+    received = {v.key: [] for v in others}
+    evicted_at = None
+    for seq in range(1, 301):
+        now = seq / 30
+        fanout.publish(frame(seq), now=now)
+        for viewer in others:
+            received[viewer.key].append(viewer._slot.take(now=now).seq)
+        if evicted_at is None and stalled.lifeline.cut_already:
+            evicted_at = now
+    assert all(seqs == list(range(1, 301)) for seqs in received.values())
+    assert evicted_at is not None
+    # first frame offered at 1/30 s; eviction on the first publish past the 2 s deadline
+    assert 2.0 < evicted_at - 1 / 30 <= 2.0 + 1 / 30 + 1e-9
+    assert isinstance(stalled.lifeline.reason, ViewerEvicted)
+    assert len(fanout) == 5
+    assert fanout.statistics().evicted == 1
+
+
+def test_a_slow_viewer_skips_frames_but_is_not_evicted_while_it_makes_progress():
+    fanout = Fanout(capacity=1, deadline=1.0)
+    slow = fanout.add()
+    got = []
+    for seq in range(1, 301):
+        now = seq / 30
+        fanout.publish(frame(seq), now=now)
+        if seq % 10 == 0:  # takes one frame in ten: 3 fps against 30
+            got.append(slow._slot.take(now=now).seq)
+    assert got == list(range(10, 301, 10))
+    assert not slow.lifeline.cut_already
+    assert slow._slot.dropped == 300 - 30
+
+
+def test_close_all_gives_each_viewer_its_own_exception():
+    fanout = Fanout()
+    a, b = fanout.add(), fanout.add()
+    fanout.close_all(ViewerEvicted, "bye")
+    assert isinstance(a.lifeline.reason, ViewerEvicted)
+    assert a.lifeline.reason is not b.lifeline.reason
+    assert len(fanout) == 0
