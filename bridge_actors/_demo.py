@@ -15,7 +15,7 @@ import trio
 
 from ._bridge import open_bridge
 from ._errors import BridgeError
-from ._settings import load_settings
+from ._settings import Settings, load_settings
 
 
 async def _viewer(bridge, sid: str, counts: list[int], index: int, seqs: list[set[int]]) -> None:
@@ -25,10 +25,7 @@ async def _viewer(bridge, sid: str, counts: list[int], index: int, seqs: list[se
             seqs[index].add(frame.seq)
 
 
-async def run_demo(viewers: int, seconds: float, fps: int, state_dir: Path) -> dict:
-    settings = load_settings(
-        overrides={"state_dir": state_dir, "fps": fps, "max_connections_per_session": viewers + 1}
-    )
+async def run_demo(settings: Settings, viewers: int, seconds: float) -> dict:
     counts = [0] * viewers
     seqs: list[set[int]] = [set() for _ in range(viewers)]
     async with open_bridge(settings) as bridge:
@@ -69,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be between 1 and 3600")
     try:
         with tempfile.TemporaryDirectory(prefix="bridge-demo-") as state_dir:
-            result = trio.run(run_demo, args.viewers, args.seconds, args.fps, Path(state_dir))
+            settings = load_settings(overrides={"state_dir": Path(state_dir), "fps": args.fps})
+            result = trio.run(run_demo, settings, args.viewers, args.seconds)
     except BridgeError as exc:
         print(f"error: {exc}")
         return 1
