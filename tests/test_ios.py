@@ -1,0 +1,895 @@
+"""The ios backend against fake ``xcrun`` and ``idb`` executables written by the tests.
+
+The fakes are small Python scripts that keep a simulator list in a JSON file,
+record every command they receive, and can be told to hang, crash, ignore
+SIGTERM, spawn a helper of their own, or print garbage. After every test no
+child process may be left running and no temporary file may be left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import trio
+from PIL import Image
+
+from bridge_actors import (
+    BadInput,
+    Button,
+    DeviceBackend,
+    DeviceError,
+    DeviceInfo,
+    Key,
+    Swipe,
+    Tap,
+    Text,
+    _subprocess,
+)
+from bridge_actors._ios import (
+    Catalog,
+    IosBackend,
+    LineSplitter,
+    control_argv,
+    is_ours,
+    parse_device_types,
+    parse_log_line,
+    parse_runtimes,
+    parse_screen,
+    parse_simulators,
+)
+from bridge_actors._subprocess import CommandTimeout, open_child, run_command
+
+IPHONE = "com.apple.CoreSimulator.SimDeviceType.iPhone-15"
+IPAD = "com.apple.CoreSimulator.SimDeviceType.iPad-Air-5th-generation"
+WATCH = "com.apple.CoreSimulator.SimDeviceType.Apple-Watch-Series-9-45mm"
+IOS_17 = "com.apple.CoreSimulator.SimRuntime.iOS-17-2"
+IOS_16 = "com.apple.CoreSimulator.SimRuntime.iOS-16-4"
+USER_UDID = "11111111-1111-1111-1111-111111111111"
+
+DEVICE_TYPES = {
+    "devicetypes": [
+        {"name": "iPhone 15", "identifier": IPHONE, "productFamily": "iPhone"},
+        {"name": "iPad Air (5th generation)", "identifier": IPAD, "productFamily": "iPad"},
+        {
+            "name": "Apple Watch Series 9 (45mm)",
+            "identifier": WATCH,
+            "productFamily": "Apple Watch",
+        },
+    ]
+}
+RUNTIMES = {
+    "runtimes": [
+        {
+            "name": "iOS 17.2",
+            "version": "17.2",
+            "identifier": IOS_17,
+            "platform": "iOS",
+            "isAvailable": True,
+            "supportedDeviceTypes": [{"identifier": IPHONE}, {"identifier": IPAD}],
+        },
+        {
+            "name": "iOS 16.4",
+            "version": "16.4",
+            "identifier": IOS_16,
+            "platform": "iOS",
+            "isAvailable": True,
+            "supportedDeviceTypes": [{"identifier": IPAD}],
+        },
+        {"name": "iOS 15.0", "version": "15.0", "identifier": "old", "isAvailable": False},
+        {"name": "watchOS 10.2", "version": "10.2", "identifier": "w", "platform": "watchOS"},
+    ]
+}
+SCREEN = {"width": 1179, "height": 2556, "density": 3.0, "width_points": 393, "height_points": 852}
+
+FAKE_TOOL = r'''#!{python} -S
+"""A fake xcrun or idb (by its file name), steered by behaviour.json next to it."""
+import json, os, shutil, signal, subprocess, sys, time, uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOL = os.path.basename(__file__)
+ARGS = sys.argv[1:]
+
+
+def path(name):
+    return os.path.join(HERE, name)
+
+
+def append(name, text):
+    with open(path(name), "a") as f:
+        f.write(text + "\n")
+
+
+def load(name, default=None):
+    try:
+        with open(path(name)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+def save(name, value):
+    with open(path(name + ".tmp"), "w") as f:
+        json.dump(value, f)
+    os.replace(path(name + ".tmp"), path(name))
+
+
+append("calls.log", json.dumps([TOOL, *ARGS]))
+append("pids.log", str(os.getpid()))
+BEHAVIOUR = load("behaviour.json", {})
+STATE = load("state.json")
+
+
+def hang():
+    if BEHAVIOUR.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if BEHAVIOUR.get("helper"):
+        helper = subprocess.Popen([sys.executable, "-S", "-c", "import time; time.sleep(60)"])
+        append("helpers.log", str(helper.pid))
+    append("hung.log", str(os.getpid()))
+    time.sleep(60)  # far longer than any test waits: it is always cancelled or timed out
+    sys.exit(0)
+
+
+def fail(message, status=1):
+    sys.stderr.write(message + "\n")
+    sys.exit(status)
+
+
+def devices():
+    return [d for ds in STATE["devices"].values() for d in ds]
+
+
+def find(udid):
+    for d in devices():
+        if d["udid"] == udid:
+            return d
+    fail("Invalid device: " + udid, 148)
+
+
+def xcrun():
+    if ARGS[:1] != ["simctl"]:
+        fail("xcrun: error: unknown tool")
+    command, rest = ARGS[1], ARGS[2:]
+    if command == "list":
+        if BEHAVIOUR.get("list") == "fail":
+            fail("xcrun: error: unable to find utility \"simctl\"", 72)
+        if BEHAVIOUR.get("list") == "garbage":
+            print("this is not json")
+            return
+        print(json.dumps({rest[0]: STATE[rest[0]]}))
+    elif command == "create":
+        name, device_type, runtime = rest
+        udid = str(uuid.uuid4()).upper()
+        STATE["devices"].setdefault(runtime, []).append(
+            {"udid": udid, "name": name, "state": "Shutdown", "deviceTypeIdentifier": device_type}
+        )
+        save("state.json", STATE)
+        print(udid)
+    elif command == "boot":
+        device = find(rest[0])
+        if BEHAVIOUR.get("boot") == "fail":
+            fail("Unable to boot device: the runtime is damaged", 149)
+        if device["state"] == "Booted":
+            fail("Unable to boot device in current state: Booted", 149)
+        if BEHAVIOUR.get("boot") == "hang":
+            device["state"] = "Booting"
+            save("state.json", STATE)
+            hang()
+        device["state"] = "Booted"
+        save("state.json", STATE)
+    elif command == "shutdown":
+        device = find(rest[0])
+        if device["state"] == "Shutdown":
+            fail("Unable to shutdown device in current state: Shutdown", 149)
+        device["state"] = "Shutdown"
+        save("state.json", STATE)
+    elif command == "delete":
+        find(rest[0])
+        for runtime, ds in STATE["devices"].items():
+            STATE["devices"][runtime] = [d for d in ds if d["udid"] != rest[0]]
+        save("state.json", STATE)
+    elif command == "io":
+        udid, what, kind, target = rest
+        assert (what, kind) == ("screenshot", "--type=jpeg"), rest
+        how = BEHAVIOUR.get("screenshot", "ok")
+        if how == "ok":
+            shutil.copy(path("shot.jpg"), target)
+            return
+        with open(target, "wb") as f:
+            f.write(b"\xff\xd8 half a picture")
+        if how == "hang":
+            hang()
+        fail("Error: the display is not ready", 2)
+    elif command == "spawn":
+        sys.stdout.write(open(path("device.log")).read())
+        sys.stdout.flush()
+        if BEHAVIOUR.get("logs") == "hang":
+            hang()
+        fail("log: stream ended", 3)
+    else:
+        fail("unknown simctl command " + command)
+
+
+def idb():
+    if ARGS[0] == "describe":
+        if BEHAVIOUR.get("describe") == "fail":
+            fail("no companion")
+        print(json.dumps({"udid": ARGS[2], "screen_dimensions": STATE["screen"]}))
+    elif ARGS[0] == "ui":
+        how = BEHAVIOUR.get("ui", "ok")
+        if how == "hang":
+            hang()
+        if how == "fail":
+            fail("idb: target is not booted")
+    elif ARGS[0] == "video-stream":
+        how = BEHAVIOUR.get("stream", "frames")
+        if how == "exit":
+            fail("idb: video streaming is not available")
+        if how == "silent":
+            hang()
+        out = sys.stdout.buffer
+        out.write(b"\x00garbage before the first frame\xff\xff")
+        for n in range(BEHAVIOUR.get("frames", 3)):
+            jpeg = open(path("frame%d.jpg" % n), "rb").read()
+            part = b"--BoundaryString\r\nContent-Type: image/jpeg\r\n"
+            part += b"Content-Length: %d\r\n\r\n" % len(jpeg)
+            data = part + jpeg + b"\r\n"
+            for start in range(0, len(data), 700):
+                out.write(data[start:start + 700])
+                out.flush()
+        if how == "crash":
+            out.write(b"\xff\xd8\xff\xe0 a frame cut short")
+            out.flush()
+            fail("idb: companion connection lost")
+        hang()
+    else:
+        fail("unknown idb command")
+
+
+(xcrun if TOOL == "xcrun" else idb)()
+'''
+
+
+def make_jpeg(width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+class FakeTools:
+    """The fake ``xcrun`` and ``idb``, their simulator list, and what they were asked."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir()
+        script = FAKE_TOOL.replace("{python}", sys.executable)
+        for tool in ("xcrun", "idb"):
+            (directory / tool).write_text(script)
+            (directory / tool).chmod(0o755)
+        self.xcrun = str(directory / "xcrun")
+        self.idb = str(directory / "idb")
+        self.frames = [make_jpeg(40, 30, 1), make_jpeg(40, 30, 2), make_jpeg(30, 40, 3)]
+        for n, jpeg in enumerate(self.frames):
+            (directory / f"frame{n}.jpg").write_bytes(jpeg)
+        self.shot = make_jpeg(50, 20, 4)
+        (directory / "shot.jpg").write_bytes(self.shot)
+        (directory / "device.log").write_text(
+            "Filtering the log data using \"process == 'SpringBoard'\"\n"
+            "Timestamp               Ty Process[PID:TID]\n"
+            "2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] [com.apple.sb:Icon] Icon saved\n"
+            "2024-01-15 10:23:45.200 E  Google Chrome Helper[901:ff] failed: -1\n"
+            "    continued on the next line\n"
+        )
+        self.state = {
+            "devicetypes": DEVICE_TYPES["devicetypes"],
+            "runtimes": RUNTIMES["runtimes"],
+            "devices": {IOS_17: []},
+            "screen": SCREEN,
+        }
+        self.save_state()
+        self.behave()
+
+    def save_state(self) -> None:
+        (self.dir / "state.json").write_text(json.dumps(self.state))
+
+    def load_state(self) -> dict:
+        self.state = json.loads((self.dir / "state.json").read_text())
+        return self.state
+
+    def add_simulator(self, udid: str, name: str, state: str, device_type: str = IPHONE) -> None:
+        self.state["devices"][IOS_17].append(
+            {"udid": udid, "name": name, "state": state, "deviceTypeIdentifier": device_type}
+        )
+        self.save_state()
+
+    def simulators(self) -> dict[str, dict]:
+        return {d["udid"]: d for ds in self.load_state()["devices"].values() for d in ds}
+
+    def behave(self, **behaviour) -> None:
+        (self.dir / "behaviour.json").write_text(json.dumps(behaviour))
+
+    def _lines(self, name: str) -> list[str]:
+        try:
+            return (self.dir / name).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def calls(self, tool: str | None = None) -> list[list[str]]:
+        calls = [json.loads(line) for line in self._lines("calls.log")]
+        return [call[1:] for call in calls if tool is None or call[0] == tool]
+
+    def pids(self, name: str = "pids.log") -> list[int]:
+        return [int(line) for line in self._lines(name)]
+
+    async def wait_for_hung_process(self) -> int:
+        """The pid of the fake that reached its hang; only a file tells, so poll it."""
+        while not self.pids("hung.log"):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        return self.pids("hung.log")[0]
+
+
+def gone(pid: int, *, zombie_ok: bool = False) -> bool:
+    """Our own children must be reaped; a helper's reaper is init, which may lag."""
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
+    return zombie_ok and status == psutil.STATUS_ZOMBIE
+
+
+def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
+    """Helpers the fakes spawned die by SIGKILL to their group, which lands a moment later."""
+    deadline = time.monotonic() + within
+    while not all(gone(pid, zombie_ok=True) for pid in tools.pids("helpers.log")):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    root = tmp_path / "temp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.fixture
+def tools(tmp_path, temp_root):
+    fake = FakeTools(tmp_path / "tools")
+    yield fake
+    assert _subprocess.running_pids() == frozenset(), "a child process was never reaped"
+    assert all(gone(pid) for pid in fake.pids()), "a fake tool is still running"
+    assert helpers_gone(fake), "a helper of a fake tool is still running"
+    assert list(temp_root.iterdir()) == [], "a temporary file survived"
+
+
+def ios(tools: FakeTools, **kwargs) -> IosBackend:
+    options = {"command_timeout": 3.0, "kill_grace": 0.3, "xcrun": tools.xcrun, "idb": tools.idb}
+    options.update(kwargs)
+    return IosBackend(encode_limiter=trio.CapacityLimiter(1), **options)
+
+
+def our_device(tools: FakeTools, state: str = "Booted") -> DeviceInfo:
+    udid = "22222222-2222-2222-2222-222222222222"
+    name = "bridge-iPhone 15-0a1b2c3d"
+    tools.add_simulator(udid, name, state)
+    return DeviceInfo(udid, name, "iPhone 15", "17.2", 393, 852, 1179, 2556, "ios")
+
+
+class RecordingSink:
+    def __init__(self, input_seq: int = 0) -> None:
+        self.input_seq = input_seq
+        self.frames: list[tuple[bytes, dict]] = []
+        self._changed = trio.Event()
+
+    @property
+    def applied_input_seq(self) -> int:
+        return self.input_seq
+
+    async def wait_for_viewers(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def publish(self, jpeg: bytes, **kwargs) -> None:
+        self.frames.append((jpeg, kwargs))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.frames) < count:
+            await self._changed.wait()
+
+
+async def capture_until(backend: IosBackend, device, sink: RecordingSink, count: int, fps=30):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+        await sink.wait_for(count)
+        nursery.cancel_scope.cancel()
+
+
+# --- what the tools say, parsed (pure) ---------------------------------------------------------
+
+
+def test_catalog_offers_iphones_and_ipads_on_available_ios_runtimes():
+    catalog = Catalog(parse_device_types(DEVICE_TYPES), parse_runtimes(RUNTIMES))
+    configurations = catalog.configurations()
+    assert configurations.device_types == ("iPhone 15", "iPad Air (5th generation)")
+    assert configurations.ios_versions == ("17.2", "16.4")
+    assert catalog.device_type(IPHONE).name == "iPhone 15"
+    assert catalog.runtime("iOS 17.2") is catalog.runtime("17.2") is catalog.runtime(IOS_17)
+    assert catalog.device_type("Apple Watch Series 9 (45mm)") is None
+    assert catalog.runtime("15.0") is None
+    assert catalog.runtime_version("com.apple.CoreSimulator.SimRuntime.iOS-18-1") == "18.1"
+
+
+def test_simulators_and_screen_sizes_are_read_from_json():
+    data = {"devices": {IOS_17: [{"udid": "U", "name": "n", "state": "Booted"}, "junk"]}}
+    [simulator] = parse_simulators(data)
+    assert (simulator.udid, simulator.state, simulator.runtime) == ("U", "Booted", IOS_17)
+    with pytest.raises(ValueError):
+        parse_simulators({"nope": 1})
+    screen = parse_screen({"screen_dimensions": SCREEN})
+    assert (screen.pixel_width, screen.point_height) == (1179, 852)
+    assert parse_screen({"screen_dimensions": {"width": 0}}) is None
+    assert parse_screen([]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"),
+    [
+        ("bridge-iPhone 15-0a1b2c3d", True),
+        ("bridge-iPad Air (5th generation)-ffffffff", True),
+        ("iPhone 15", False),
+        ("bridge-mine", False),
+        ("my bridge-iPhone 15-0a1b2c3d", False),
+        ("bridge-iPhone 15-0A1B2C3D", False),
+    ],
+)
+def test_only_names_this_bridge_gives_are_ours(name, ours):
+    assert is_ours(name) is ours
+
+
+@pytest.mark.parametrize(
+    ("event", "argv"),
+    [
+        (Tap(10, 20), ["ui", "tap", "10", "20"]),
+        (Tap(-5, 9000), ["ui", "tap", "0", "851"]),
+        (Swipe(1, 2, 3, 4, 0.5), ["ui", "swipe", "1", "2", "3", "4", "--duration", "0.5"]),
+        (Text("-rf / ok"), ["ui", "text", "--udid", "U", "--", "-rf / ok"]),
+        (Button("side-button"), ["ui", "button", "SIDE_BUTTON"]),
+        (Key("Enter"), ["ui", "key", "40"]),
+        (Key("ArrowUp", 0.25), ["ui", "key", "82", "--duration", "0.25"]),
+        (Key("a"), ["ui", "key", "4"]),
+        (Key("0"), ["ui", "key", "39"]),
+        (Key("A"), ["ui", "text", "--udid", "U", "--", "A"]),
+        (Key("42"), ["ui", "key", "42"]),
+    ],
+)
+def test_control_events_become_idb_commands(event, argv):
+    got = control_argv("idb", "U", event, point_size=(393, 852))
+    if "--" not in argv:
+        argv = [*argv, "--udid", "U"]
+    assert got == ["idb", *argv]
+
+
+def test_unknown_keys_are_refused_by_name():
+    with pytest.raises(BadInput) as error:
+        control_argv("idb", "U", Key("Hyper"))
+    assert error.value.field == "key"
+
+
+def test_compact_log_lines_are_parsed():
+    line = parse_log_line("2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] Icon saved")
+    assert (line.timestamp, line.process, line.pid, line.level) == (
+        "2024-01-15 10:23:45.123",
+        "SpringBoard",
+        "62",
+        "info",
+    )
+    assert line.message == "Icon saved"
+    assert line.raw_line == "2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] Icon saved"
+    levels = {
+        kind: parse_log_line(f"2024-01-15 10:23:45.123 {kind} p[1:2] m").level
+        for kind in ("Df", "I ", "Db", "E ", "F ", "A ")
+    }
+    assert levels == {
+        "Df": "info",
+        "I ": "info",
+        "Db": "debug",
+        "E ": "error",
+        "F ": "error",
+        "A ": "info",
+    }
+    spaced = parse_log_line("2024-01-15 10:23:45.123456-0800 E  Google Chrome Helper[9:a] x")
+    assert (spaced.process, spaced.pid, spaced.message) == ("Google Chrome Helper", "9", "x")
+    assert parse_log_line("Timestamp               Ty Process[PID:TID]") is None
+    assert parse_log_line("   ") is None
+    loose = parse_log_line("    continued")
+    assert (loose.message, loose.process, loose.level) == ("    continued", "", "info")
+
+
+def test_lines_are_split_across_reads_and_kept_bounded():
+    splitter = LineSplitter(max_line=10)
+    assert splitter.feed(b"one\r\ntw") == ["one"]
+    assert splitter.feed(b"o\nthr\xe2\x82") == ["two"]
+    assert splitter.feed(b"\xac\n") == ["thr\u20ac"]
+    assert splitter.feed(b"x" * 25) == ["x" * 10]
+    assert splitter.feed(b"yyy\nlast\n") == ["last"]
+    assert splitter.feed(b"\xff\n") == ["\ufffd"]
+
+
+# --- subprocess supervision --------------------------------------------------------------------
+
+
+async def test_a_command_that_hangs_is_killed_and_reaped(tools):
+    tools.behave(ui="hang", ignore_term=True, helper=True)
+    with trio.fail_after(5), pytest.raises(CommandTimeout, match="idb ui tap"):
+        await run_command([tools.idb, "ui", "tap", "1", "2"], timeout=1.0, grace=0.2)
+    # It hung ignoring SIGTERM, with a helper of its own; both were killed.
+    assert tools.pids("hung.log") and tools.pids("helpers.log")
+    assert all(gone(pid) for pid in tools.pids())
+    assert helpers_gone(tools)
+    assert _subprocess.statistics().killed >= 1
+
+
+async def test_an_exception_from_the_body_of_open_child_comes_out_unwrapped(tools):
+    tools.behave(logs="hang")
+    with trio.fail_after(5), pytest.raises(KeyError):
+        async with open_child([tools.xcrun, "simctl", "spawn", "U", "log"], grace=0.2) as child:
+            await child.stdout.receive_some(10)
+            raise KeyError("boom")
+
+
+async def test_a_missing_program_is_named():
+    with pytest.raises(_subprocess.ToolNotFound, match="'no-such-tool-here' not found on PATH"):
+        await run_command(["no-such-tool-here"], timeout=1)
+
+
+# --- start-up check ----------------------------------------------------------------------------
+
+
+async def test_check_passes_when_the_tools_work(tools):
+    backend = ios(tools)
+    assert isinstance(backend, DeviceBackend)
+    await backend.check()
+
+
+async def test_check_names_a_missing_xcrun(tools, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(DeviceError, match="ios backend: 'xcrun' not found on PATH"):
+        await ios(tools, xcrun="xcrun").check()
+
+
+async def test_check_names_a_missing_idb(tools):
+    with pytest.raises(DeviceError, match="ios backend: 'idb-not-installed' not found on PATH"):
+        await ios(tools, idb="idb-not-installed").check()
+
+
+async def test_check_reports_a_broken_simctl(tools):
+    tools.behave(list="fail")
+    with pytest.raises(DeviceError, match=r'ios backend: `xcrun simctl` does not work.*"simctl"'):
+        await ios(tools).check()
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_configurations_come_from_simctl(tools):
+    configurations = await ios(tools).configurations()
+    assert configurations.device_types == ("iPhone 15", "iPad Air (5th generation)")
+    assert configurations.ios_versions == ("17.2", "16.4")
+
+
+async def test_garbage_from_simctl_is_a_clear_error(tools):
+    tools.behave(list="garbage")
+    with pytest.raises(DeviceError, match="did not print JSON"):
+        await ios(tools).configurations()
+
+
+async def test_create_makes_boots_and_measures_a_named_simulator(tools):
+    backend = ios(tools)
+    with trio.fail_after(10):
+        device = await backend.create_device("iPhone 15", "17.2")
+    assert device.name.startswith("bridge-iPhone 15-") and is_ours(device.name)
+    assert (device.device_type, device.ios_version, device.backend) == ("iPhone 15", "17.2", "ios")
+    assert (device.point_width, device.point_height) == (393, 852)
+    assert (device.pixel_width, device.pixel_height) == (1179, 2556)
+    assert tools.simulators()[device.udid]["state"] == "Booted"
+    assert await backend.device_state(device) == "Booted"
+    assert await backend.is_accessible(device)
+    assert [call[:2] for call in tools.calls()] == [
+        ["simctl", "list"],
+        ["simctl", "list"],
+        ["simctl", "create"],
+        ["simctl", "boot"],
+        ["describe", "--udid"],
+        ["simctl", "list"],
+    ]
+    assert tools.calls()[2] == ["simctl", "create", device.name, IPHONE, IOS_17]
+
+
+@pytest.mark.parametrize(
+    ("device_type", "version", "field"),
+    [
+        ("iPhone 99", "17.2", "device_type"),
+        ("Apple Watch Series 9 (45mm)", "17.2", "device_type"),
+        ("iPhone 15", "12.0", "ios_version"),
+        ("iPhone 15", "16.4", "device_type"),  # that runtime cannot run that device
+    ],
+)
+async def test_create_refuses_what_this_mac_does_not_offer(tools, device_type, version, field):
+    with pytest.raises(BadInput) as error:
+        await ios(tools).create_device(device_type, version)
+    assert error.value.field == field
+    assert not any(call[:2] == ["simctl", "create"] for call in tools.calls())
+
+
+async def test_create_returns_in_time_while_the_simulator_is_still_booting(tools):
+    tools.behave(boot="hang")
+    backend = ios(tools, create_budget=2.0)
+    with trio.fail_after(2.0 + 2.0):  # the budget, plus stopping `simctl boot`, plus slack
+        device = await backend.create_device("iPhone 15", "17.2")
+    assert await backend.device_state(device) == "Booting"
+    assert not await backend.is_accessible(device)
+    assert gone(tools.pids("hung.log")[0])
+
+
+async def test_create_deletes_the_simulator_when_boot_fails(tools):
+    tools.behave(boot="fail")
+    with pytest.raises(DeviceError, match=r"cannot boot simulator .*runtime is damaged"):
+        await ios(tools).create_device("iPhone 15", "17.2")
+    assert tools.simulators() == {}
+    assert ["simctl", "delete"] in [call[:2] for call in tools.calls()]
+
+
+async def test_create_falls_back_to_the_usual_screen_when_idb_cannot_say(tools):
+    tools.behave(describe="fail")
+    device = await ios(tools).create_device("iPad Air (5th generation)", "17.2")
+    assert (device.point_width, device.point_height) == (820, 1180)
+
+
+async def test_delete_removes_our_simulator(tools):
+    device = our_device(tools)
+    await ios(tools).delete_device(device)
+    assert device.udid not in tools.simulators()
+    assert [call[:2] for call in tools.calls()][-2:] == [
+        ["simctl", "shutdown"],
+        ["simctl", "delete"],
+    ]
+
+
+async def test_delete_never_touches_a_users_simulator(tools):
+    tools.add_simulator(USER_UDID, "iPhone 15", "Booted")
+    # Even a record claiming our prefix is checked against the simulator's name now.
+    record = DeviceInfo(
+        USER_UDID, "bridge-iPhone 15-0a1b2c3d", "iPhone 15", "17.2", 1, 1, 1, 1, "ios"
+    )
+    await ios(tools).delete_device(record)
+    assert tools.simulators()[USER_UDID]["state"] == "Booted"
+    assert [call[:2] for call in tools.calls()] == [["simctl", "list"]]
+
+
+async def test_deleting_a_simulator_that_is_gone_is_quiet(tools):
+    udid = "33333333-0000-0000-0000-000000000000"
+    record = DeviceInfo(udid, "bridge-x-00000000", "x", "1", 1, 1, 1, 1, "ios")
+    await ios(tools).delete_device(record)
+
+
+async def test_orphan_recovery_adopts_only_our_booted_unowned_simulators(tools):
+    def udid(digit: str) -> str:
+        return f"{digit * 8}-0000-0000-0000-000000000000"
+
+    tools.add_simulator(USER_UDID, "iPhone 15", "Booted")
+    tools.add_simulator(udid("4"), "bridge-mine", "Booted")
+    tools.add_simulator(udid("5"), "bridge-iPhone 15-aaaaaaaa", "Booted")
+    tools.add_simulator(udid("6"), "bridge-iPhone 15-bbbbbbbb", "Booted")
+    tools.add_simulator(udid("7"), "bridge-iPad Air (5th generation)-cccccccc", "Shutdown", IPAD)
+    [orphan] = await ios(tools).list_orphans(frozenset({udid("6")}))
+    assert orphan.udid == udid("5")
+    assert (orphan.device_type, orphan.ios_version, orphan.point_width) == (
+        "iPhone 15",
+        "17.2",
+        393,
+    )
+    assert orphan.name == "bridge-iPhone 15-aaaaaaaa"
+
+
+async def test_restore_boots_our_simulator_and_refuses_others(tools):
+    backend = ios(tools)
+    device = our_device(tools, state="Shutdown")
+    assert await backend.restore_device(device)
+    assert tools.simulators()[device.udid]["state"] == "Booted"
+    tools.add_simulator(USER_UDID, "iPhone 15", "Shutdown")
+    user = DeviceInfo(
+        USER_UDID, "bridge-iPhone 15-0a1b2c3d", "iPhone 15", "17.2", 1, 1, 1, 1, "ios"
+    )
+    assert not await backend.restore_device(user)
+    assert tools.simulators()[USER_UDID]["state"] == "Shutdown"
+    await backend.delete_device(device)
+    assert not await backend.restore_device(device)
+
+
+# --- controls ----------------------------------------------------------------------------------
+
+
+async def test_controls_arrive_in_order_with_their_arguments(tools):
+    backend = ios(tools)
+    device = our_device(tools)
+    events = [
+        Tap(10, 20),
+        Swipe(5, 600, 5, 100, 0.3),
+        Text("-hello"),
+        Button("home"),
+        Key("Enter", 0.1),
+    ]
+    for seq, event in enumerate(events, 1):
+        await backend.apply_control(device, event, seq)
+    udid = ["--udid", device.udid]
+    assert tools.calls("idb") == [
+        ["ui", "tap", "10", "20", *udid],
+        ["ui", "swipe", "5", "600", "5", "100", "--duration", "0.3", *udid],
+        ["ui", "text", *udid, "--", "-hello"],
+        ["ui", "button", "HOME", *udid],
+        ["ui", "key", "40", "--duration", "0.1", *udid],
+    ]
+    assert backend.statistics().controls_applied == 5
+
+
+async def test_a_hung_control_is_killed_after_its_timeout(tools):
+    tools.behave(ui="hang", ignore_term=True)
+    backend = ios(tools, command_timeout=1.0, kill_grace=0.2)
+    device = our_device(tools)
+    with trio.fail_after(5), pytest.raises(CommandTimeout, match=r"did not finish within 1 s"):
+        await backend.apply_control(device, Tap(1, 1), 1)
+    assert tools.pids("hung.log")
+    assert all(gone(pid) for pid in tools.pids())
+    assert backend.statistics().controls_failed == 1
+
+
+async def test_a_failing_control_says_why(tools):
+    tools.behave(ui="fail")
+    with pytest.raises(DeviceError, match="status 1: idb: target is not booted"):
+        await ios(tools).apply_control(our_device(tools), Button("lock"), 1)
+
+
+# --- capture -----------------------------------------------------------------------------------
+
+
+async def test_capture_publishes_the_mjpeg_stream_frame_by_frame(tools):
+    backend = ios(tools, fps=20)
+    device = our_device(tools)
+    sink = RecordingSink(input_seq=4)
+    with trio.fail_after(10):
+        await capture_until(backend, device, sink, 3, fps=30)
+    assert [jpeg for jpeg, _ in sink.frames] == tools.frames
+    assert [info for _, info in sink.frames] == [
+        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
+        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
+        {"pixel_width": 30, "pixel_height": 40, "input_seq": 4},
+    ]
+    [stream] = tools.calls("idb")
+    assert stream == ["video-stream", "--udid", device.udid, "--format", "mjpeg", "--fps", "20"]
+    stats = backend.statistics().devices[0]
+    assert (stats.frames, stats.capturing) == (3, False)
+
+
+async def test_a_crashing_stream_raises_out_of_capture_every_time(tools):
+    tools.behave(stream="crash", frames=2)
+    backend = ios(tools)
+    device = our_device(tools)
+    for _ in range(2):
+        sink = RecordingSink()
+        with trio.fail_after(10), pytest.raises(DeviceError) as error:
+            await backend.capture(device, sink, fps=30)
+        message = str(error.value)
+        assert "stopped (status 1) after 2 frames: idb: companion connection lost" in message
+        assert len(sink.frames) == 2
+    assert backend.statistics().devices[0].last_error == str(error.value)
+
+
+@pytest.mark.parametrize("why", ["exits at once", "is missing", "sends nothing"])
+async def test_capture_falls_back_to_screenshots(tools, why):
+    if why == "exits at once":
+        tools.behave(stream="exit")
+        backend = ios(tools)
+    elif why == "is missing":
+        backend = ios(tools, idb=str(tools.dir / "not-installed"))
+    else:
+        tools.behave(stream="silent")
+        backend = ios(tools, command_timeout=1.0)
+    device = our_device(tools)
+    sink = RecordingSink(input_seq=9)
+    with trio.fail_after(10):
+        await capture_until(backend, device, sink, 3)
+    assert [jpeg for jpeg, _ in sink.frames] == [tools.shot] * 3
+    assert sink.frames[0][1] == {"pixel_width": 50, "pixel_height": 20, "input_seq": 9}
+    assert backend.statistics().stream_fallbacks == 1
+    shots = [call for call in tools.calls("xcrun") if call[1] == "io"]
+    assert shots[0][:5] == ["simctl", "io", device.udid, "screenshot", "--type=jpeg"]
+
+
+async def test_failing_screenshots_raise_and_leave_no_file(tools, temp_root):
+    tools.behave(stream="exit", screenshot="fail")
+    with trio.fail_after(10), pytest.raises(DeviceError, match="the display is not ready"):
+        await ios(tools).capture(our_device(tools), RecordingSink(), fps=30)
+    # The fake wrote half a picture before failing; it was removed (checked by the fixture).
+
+
+async def test_cancelling_a_capture_mid_screenshot_leaves_nothing_behind(tools):
+    tools.behave(stream="exit", screenshot="hang", ignore_term=True)
+    backend = ios(tools, kill_grace=0.2)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: backend.capture(our_device(tools), RecordingSink(), fps=30))
+            pid = await tools.wait_for_hung_process()
+            nursery.cancel_scope.cancel()
+    assert gone(pid)
+
+
+async def test_cancelling_a_streaming_capture_stops_idb(tools):
+    backend = ios(tools)
+    sink = RecordingSink()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: backend.capture(our_device(tools), sink, fps=30))
+            pid = await tools.wait_for_hung_process()
+            assert _subprocess.running_pids() == {pid}
+            nursery.cancel_scope.cancel()
+    assert gone(pid)
+
+
+async def test_screenshot_reads_the_size_from_the_jpeg(tools):
+    device = our_device(tools)
+    shot = await ios(tools).screenshot(device)
+    assert shot.data == tools.shot
+    assert (shot.format, shot.pixel_width, shot.pixel_height) == ("jpeg", 50, 20)
+    assert (shot.point_width, shot.point_height) == (393, 852)
+
+
+# --- device log --------------------------------------------------------------------------------
+
+
+async def test_log_lines_are_emitted_and_the_end_of_the_stream_raises(tools):
+    lines = []
+    device = our_device(tools)
+    with trio.fail_after(10), pytest.raises(DeviceError, match=r"status 3\): log: stream ended"):
+        await ios(tools).stream_logs(device, lines.append)
+    assert [(line.process, line.level) for line in lines] == [
+        ("SpringBoard", "info"),
+        ("Google Chrome Helper", "error"),
+        ("", "info"),
+    ]
+    assert lines[0].message == "[com.apple.sb:Icon] Icon saved"
+    assert tools.calls("xcrun") == [
+        ["simctl", "spawn", device.udid, "log", "stream", "--style", "compact"]
+    ]
+
+
+async def test_cancelling_a_log_stream_stops_it(tools):
+    tools.behave(logs="hang")
+    lines = []
+    three_lines = trio.Event()
+
+    def emit(line) -> None:
+        lines.append(line)
+        if len(lines) == 3:
+            three_lines.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: ios(tools).stream_logs(our_device(tools), emit))
+            pid = await tools.wait_for_hung_process()
+            await three_lines.wait()
+            nursery.cancel_scope.cancel()
+    assert gone(pid)
+    assert [line.pid for line in lines] == ["62", "901", ""]
