@@ -43,6 +43,7 @@ from ._errors import (
     SessionNotFound,
     ViewerEvicted,
 )
+from ._serve import serve
 from ._settings import PROFILES, Settings, load_settings
 
 __version__ = "0.1.0"
@@ -83,4 +84,5 @@ __all__ = [
     "open_bridge",
     "parse_binary_header",
     "parse_control",
+    "serve",
 ]

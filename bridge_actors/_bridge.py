@@ -321,7 +321,12 @@ async def open_bridge(
                 bridge.begin_drain()
                 with trio.move_on_after(settings.shutdown_grace, shield=True):
                     await bridge.registry.save()
-                    log.info("final statistics: %s", bridge.resource_stats())
+                # Logged whatever the level: the last word on what this run did.
+                log.log(
+                    max(logging.INFO, log.getEffectiveLevel()),
+                    "final statistics: %s",
+                    bridge.resource_stats(),
+                )
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaves = _leaves(group)

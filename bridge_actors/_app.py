@@ -1,0 +1,460 @@
+"""The Quart-Trio application: every HTTP route of PROTOCOL.md, and the WebSocket routes.
+
+Routes translate between HTTP and the :class:`~bridge_actors.Bridge` handle and
+nothing more. Errors are mapped in one place (:func:`_register_error_handlers`):
+bad input is a 4xx whose JSON body names the field, an unknown session is a 404,
+and nothing, not even our own bug, answers with a stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+from quart import Response, has_request_context, redirect, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from ._bridge import Bridge
+from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import make_registry, render_metrics
+from ._ratelimit import SlidingWindow
+from ._ws import OpenSockets, SocketHandlers
+
+log = logging.getLogger("bridge_actors.http")
+
+__all__ = ["AppState", "app_state", "create_app"]
+
+STATIC_DIR = Path(__file__).with_name("static")
+SERVICE_NAME = "bridge_actors"
+ACCESS_CHECK_TIMEOUT = 5.0
+MAX_FIELD_LENGTH = 200
+SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
+SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+_SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,127}")
+
+# The presets of the compatible route; only reported, WebRTC itself is a later milestone.
+WEBRTC_PRESETS: Mapping[str, Mapping[str, float]] = {
+    "low": {"fps": 30, "resolution": 1.0, "quality": 70},
+    "medium": {"fps": 45, "resolution": 1.5, "quality": 85},
+    "high": {"fps": 60, "resolution": 2.0, "quality": 95},
+    "ultra": {"fps": 60, "resolution": 2.5, "quality": 98},
+}
+
+
+@dataclasses.dataclass(eq=False)
+class AppState:
+    """What the routes of one app share."""
+
+    bridge: Bridge
+    sockets: OpenSockets
+    creations: SlidingWindow
+    creations_refused: int = 0
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {"session_creations_refused": self.creations_refused}
+
+
+def app_state(app: QuartTrio) -> AppState:
+    return app.extensions["bridge_actors"]
+
+
+def create_app(bridge: Bridge) -> QuartTrio:
+    """A Quart-Trio app serving ``bridge``; run it with :func:`bridge_actors.serve`."""
+    settings = bridge.settings
+    app = QuartTrio(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.max_body_bytes,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented key order
+    state = AppState(
+        bridge=bridge,
+        sockets=OpenSockets(),
+        creations=SlidingWindow(limit=settings.create_sessions_per_minute, window=60.0),
+    )
+    app.extensions["bridge_actors"] = state
+    registry = make_registry(bridge, state.extra_metrics)
+    sockets = SocketHandlers(bridge, state.sockets)
+
+    _register_error_handlers(app)
+
+    # -- the viewer ---------------------------------------------------------------------------
+
+    @app.get("/")
+    async def index() -> Response:
+        return await app.send_static_file("index.html")
+
+    # -- health --------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        critical = bridge.warden.statistics().tier == "CRITICAL"
+        return {
+            "status": "degraded" if critical else "healthy",
+            "service": SERVICE_NAME,
+            "total_sessions": len(bridge.list_sessions()),
+            "connections": bridge.connection_stats(),
+            "resources": bridge.resource_stats(),
+        }
+
+    @app.get("/livez")
+    async def livez() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, Any], int]:
+        reasons = []
+        if not bridge.started:
+            reasons.append("starting")
+        if bridge.draining or state.sockets.closing:
+            reasons.append("draining")
+        if not bridge.warden.ready:
+            reasons.append("memory critical")
+        if reasons:
+            return {"status": "not_ready", "reasons": reasons}, 503
+        return {"status": "ready"}, 200
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        snapshot = bridge.statistics()
+        return {
+            "success": True,
+            "timestamp": snapshot.timestamp,
+            "connection_manager": snapshot.connection_manager,
+            "resource_manager": snapshot.resource_manager,
+            "rate_limiter": _plain(snapshot.rate_limiter),
+            "warden": _plain(snapshot.warden),
+            "supervisor": {c.udid: _plain(c.supervisor) for c in snapshot.captures},
+            "captures": {c.udid: _capture_view(c) for c in snapshot.captures},
+            "pool": _plain(snapshot.pool),
+            "sessions": _plain(snapshot.sessions),
+            "store": _plain(snapshot.store),
+            "kpis": _plain(snapshot.kpis),
+            "server": {
+                "ready": snapshot.ready,
+                "websockets": state.sockets.statistics(),
+                "session_creations_refused": state.creations_refused,
+            },
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        await trio.lowlevel.checkpoint()
+        return Response(render_metrics(registry), content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/status")
+    async def status_all() -> dict[str, Any]:
+        sessions = [s.list_item() for s in bridge.list_sessions()]
+        return {
+            "total_sessions": len(sessions),
+            "sessions": sessions,
+            "status": "healthy" if sessions else "no_sessions",
+        }
+
+    @app.get("/status/<session_id>")
+    async def status_one(session_id: str) -> dict[str, Any]:
+        try:
+            session = bridge.get_session(session_id)
+        except SessionNotFound:
+            # The compatible clients read this as a 200 with an error inside.
+            return {"error": "Session not found", "status_code": 404}
+        accessible = await _is_accessible(session)
+        return {
+            "session_id": session.session_id,
+            "udid": session.device.udid,
+            "simulator_accessible": accessible,
+            "session_info": session.info(),
+            "status": "healthy" if accessible else "offline",
+        }
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    @app.get("/api/sessions/configurations")
+    async def configurations() -> dict[str, Any]:
+        config = await bridge.configurations()
+        return {
+            "success": True,
+            "configurations": {
+                "device_types": list(config.device_types),
+                "ios_versions": list(config.ios_versions),
+            },
+        }
+
+    @app.post("/api/sessions/create")
+    async def create_session() -> tuple[dict[str, Any], int] | Response:
+        fields = await _request_fields()
+        device_type = _text_field(fields, "device_type")
+        ios_version = _text_field(fields, "ios_version")
+        config = await bridge.configurations()
+        if device_type not in config.device_types:
+            raise BadInput(
+                "device_type",
+                f"unknown device type {device_type!r}; known: {', '.join(config.device_types)}",
+            )
+        if ios_version not in config.ios_versions:
+            raise BadInput(
+                "ios_version",
+                f"unknown iOS version {ios_version!r}; known: {', '.join(config.ios_versions)}",
+            )
+        try:
+            state.creations.consume(_client_ip(), trio.current_time())
+        except RateLimited as refusal:
+            state.creations_refused += 1
+            wait = max(1, math.ceil(refusal.retry_after))
+            body = {
+                "success": False,
+                "detail": f"too many sessions created from this address; retry after {wait} s",
+                "retry_after": wait,
+            }
+            return _json_response(body, 429, {"Retry-After": str(wait)})
+        session = await bridge.create_session(device_type, ios_version)
+        body = {"success": True, "session_id": session.session_id, "session_info": session.info()}
+        return body, 200
+
+    @app.route("/api/sessions", methods=["GET", "DELETE"])
+    async def sessions_without_slash() -> Response:
+        target = "/api/sessions/"
+        if request.query_string:
+            target += "?" + request.query_string.decode("latin-1")
+        return redirect(target, 307)
+
+    @app.get("/api/sessions/")
+    async def list_sessions() -> dict[str, Any]:
+        return {"success": True, "sessions": [s.list_item() for s in bridge.list_sessions()]}
+
+    @app.delete("/api/sessions/")
+    async def delete_all_sessions() -> dict[str, Any]:
+        count = await bridge.delete_all_sessions()
+        return {"success": True, "deleted_count": count, "message": f"Deleted {count} sessions"}
+
+    @app.post("/api/sessions/recover-orphaned")
+    async def recover_orphaned() -> dict[str, Any]:
+        count = await bridge.recover_orphaned()
+        return {
+            "success": True,
+            "message": f"Recovered {count} orphaned simulator sessions",
+            "recovered_count": count,
+        }
+
+    @app.post("/api/sessions/cleanup-recordings")
+    async def cleanup_recordings() -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return {"success": True, "message": "No recordings to clean up"}
+
+    @app.get("/api/sessions/<session_id>")
+    async def session_info(session_id: str) -> dict[str, Any]:
+        session = bridge.get_session(session_id)
+        info = session.info()
+        return {
+            "success": True,
+            "session": info,
+            "device_width": info["device_width"],
+            "device_height": info["device_height"],
+        }
+
+    @app.delete("/api/sessions/<session_id>")
+    async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
+        try:
+            await bridge.delete_session(session_id)
+        except SessionNotFound:
+            return {"success": False, "detail": "Session not found"}, 404
+        return {"success": True, "message": f"Session {session_id} deleted"}, 200
+
+    @app.get("/api/sessions/<session_id>/screenshot")
+    async def screenshot(session_id: str) -> Response:
+        return await _screenshot_response(session_id, None)
+
+    @app.post("/api/sessions/<session_id>/screenshot/download")
+    async def screenshot_download(session_id: str) -> Response:
+        bridge.get_session(session_id)  # 404 before reading a body we would not use
+        fields = await _request_fields()
+        filename = fields.get("filename")
+        if filename in (None, ""):
+            return await _screenshot_response(session_id, None)
+        if not isinstance(filename, str) or not _SAFE_FILENAME.fullmatch(filename):
+            raise BadInput(
+                "filename",
+                "must be 1 to 128 letters, digits, spaces, '.', '_' or '-', "
+                "starting with a letter or digit",
+            )
+        return await _screenshot_response(session_id, filename)
+
+    async def _screenshot_response(session_id: str, filename: str | None) -> Response:
+        shot = await bridge.screenshot(session_id)
+        extension = SCREENSHOT_EXTENSIONS[shot.format]
+        if filename is None:
+            filename = f"screenshot_{session_id[:8]}.{extension}"
+        elif "." not in filename:
+            filename = f"{filename}.{extension}"
+        return Response(
+            shot.data,
+            content_type=SCREENSHOT_TYPES[shot.format],
+            headers={"Content-Disposition": f"attachment; filename={filename}"},
+        )
+
+    @app.get("/webrtc/quality/<session_id>/<quality>")
+    async def webrtc_quality(session_id: str, quality: str) -> dict[str, Any]:
+        bridge.get_session(session_id)
+        await trio.lowlevel.checkpoint()
+        if quality not in WEBRTC_PRESETS:
+            raise BadInput("quality", f"must be one of {', '.join(WEBRTC_PRESETS)}")
+        return {
+            "success": True,
+            "session_id": session_id,
+            "quality": quality,
+            "settings": dict(WEBRTC_PRESETS[quality]),
+        }
+
+    # -- WebSockets ----------------------------------------------------------------------------
+
+    @app.websocket("/ws/<session_id>/video")
+    async def video_socket(session_id: str) -> None:
+        await sockets.video(session_id)
+
+    @app.websocket("/ws/<session_id>/control")
+    async def control_socket(session_id: str) -> None:
+        await sockets.control(session_id)
+
+    @app.websocket("/ws/<session_id>/screenshot")
+    async def screenshot_socket(session_id: str) -> None:
+        await sockets.screenshot(session_id)
+
+    @app.websocket("/ws/<session_id>/logs")
+    async def logs_socket(session_id: str) -> None:
+        await sockets.logs(session_id)
+
+    return app
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def _register_error_handlers(app: QuartTrio) -> None:
+    @app.errorhandler(BadInput)
+    async def bad_input(error: BadInput) -> Response:
+        return _json_response({"success": False, "detail": str(error), "field": error.field}, 400)
+
+    @app.errorhandler(SessionNotFound)
+    async def session_not_found(error: SessionNotFound) -> Response:
+        return _json_response({"detail": "Session not found"}, 404)
+
+    @app.errorhandler(DeviceError)
+    async def device_error(error: DeviceError) -> Response:
+        log.warning("device error on %s %s: %s", request.method, request.path, error)
+        return _json_response({"success": False, "detail": f"device error: {error}"}, 502)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    async def too_large(error: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return _json_response(
+            {"success": False, "detail": f"body: larger than {limit} bytes", "field": "body"}, 413
+        )
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        response = _json_response({"detail": error.name}, error.code or 500)
+        for name, value in error.get_headers():
+            if name.lower() == "allow":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        where = request.path if has_request_context() else "websocket"
+        log.error("unexpected error on %s", where, exc_info=error)
+        return _json_response({"success": False, "detail": "internal server error"}, 500)
+
+
+def _json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+# --- request helpers --------------------------------------------------------------------------
+
+
+async def _request_fields() -> Mapping[str, Any]:
+    """The body's fields: a form (urlencoded or multipart) or a JSON object."""
+    if request.mimetype == "application/json":
+        raw = await request.get_data(as_text=False)
+        if not raw:
+            return {}
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput("body", "is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise BadInput("body", "must be a JSON object")
+        return document
+    form = await request.form
+    return {key: form.get(key) for key in form}
+
+
+def _text_field(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if value is None or value == "":
+        raise BadInput(name, "is required")
+    if not isinstance(value, str):
+        raise BadInput(name, f"must be a string, not {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        raise BadInput(name, "must not be blank")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise BadInput(name, f"must be at most {MAX_FIELD_LENGTH} characters")
+    return value
+
+
+def _client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+async def _is_accessible(session) -> bool:
+    with trio.move_on_after(ACCESS_CHECK_TIMEOUT):
+        try:
+            return bool(await session.backend.is_accessible(session.device))
+        except DeviceError:
+            return False
+    return False
+
+
+# --- statistics as JSON -----------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A statistics value as JSON-safe data: dataclasses, mappings, tuples, enums, paths."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _capture_view(capture) -> dict[str, Any]:
+    view = _plain(capture)
+    view["dropped_per_viewer"] = {
+        str(viewer.key): viewer.dropped for viewer in capture.fanout.per_viewer
+    }
+    return view

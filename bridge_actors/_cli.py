@@ -1,0 +1,236 @@
+"""``bridge-actors``: the command line.
+
+``bridge-actors serve`` runs the server. Every setting is also a flag, named
+after its field (``--max-connections-per-session 5``); flags override the
+environment, which overrides ``--config FILE``, which overrides ``--profile``.
+``bridge-actors demo`` and ``bridge-actors bench`` hand their arguments to the
+demo and to the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import typing
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from . import __version__
+from ._bridge import open_bridge
+from ._errors import BridgeError, InvalidSettings
+from ._logconfig import announce, configure_logging
+from ._serve import serve
+from ._settings import BACKENDS, ENV_NAMES, PROFILES, Settings, load_settings
+
+log = logging.getLogger("bridge_actors.cli")
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+PROG = "bridge-actors"
+
+# Flags whose name is not simply the field's.
+_FLAG_NAMES = {"backends": "--backend", "media_sources": "--media"}
+
+_METAVARS = {
+    "host": "HOST",
+    "port": "PORT",
+    "state_dir": "DIR",
+    "profile": "NAME",
+    "log_level": "LEVEL",
+    "log_format": "FORMAT",
+}
+_TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is a duration
+
+_HELP = {
+    "host": "address to listen on (default 127.0.0.1)",
+    "port": "port to listen on; 0 picks a free one (default 8000)",
+    "profile": f"named profile: {', '.join(PROFILES)}",
+    "backends": f"device backend to enable, repeatable or comma-separated: {', '.join(BACKENDS)}"
+    " (default simulated)",
+    "media_sources": "a media source for the media backend, NAME=SOURCE (a file, a URL, or an"
+    " FFmpeg input); repeatable",
+    "state_dir": "where sessions are kept across restarts",
+    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "log_format": "plain lines or JSON lines (default plain)",
+    "access_log": "log every HTTP request",
+    "initial_session": "create one simulated session at start when there is none (default on)",
+    "shutdown_grace": "seconds a shutdown may take, stalled clients included",
+    "tcp_user_timeout": "seconds before the kernel drops a connection whose data goes"
+    " unacknowledged",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Watch and drive remote devices from a browser, at scale.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP and WebSocket server",
+        description="Run the server. Every setting can also come from the environment"
+        " (its name in parentheses) or a config file.",
+    )
+    serve.add_argument(
+        "--config", metavar="FILE", help="a .toml or .json file of settings (env BRIDGE_CONFIG)"
+    )
+    for field, info in Settings.model_fields.items():
+        _add_setting_flag(serve, field, info.annotation)
+    commands.add_parser("demo", help="the library on its own: viewers in one process, no server")
+    commands.add_parser("bench", help="run the benchmarks (from a source checkout)")
+    return parser
+
+
+def _add_setting_flag(parser: argparse.ArgumentParser, field: str, annotation: Any) -> None:
+    flag = _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+    help_text = _HELP.get(field, field.replace("_", " "))
+    if typing.get_origin(annotation) is typing.Literal:
+        help_text += f"; one of {', '.join(typing.get_args(annotation))}"
+    help_text += f" ({ENV_NAMES[field]})"
+    if field in ("backends", "media_sources"):
+        metavar = "NAME" if field == "backends" else "NAME=SOURCE"
+        parser.add_argument(flag, dest=field, action="append", metavar=metavar, help=help_text)
+    elif annotation is bool:
+        parser.add_argument(
+            flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    else:
+        # Values stay strings here: the settings validate them and name the flag when wrong.
+        metavar = _METAVARS.get(field, _TYPE_METAVARS.get(annotation, "VALUE"))
+        parser.add_argument(flag, dest=field, metavar=metavar, help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace, *, env: dict[str, str] | None = None) -> Settings:
+    """The settings the flags ask for, over the config file and the environment.
+
+    Raises InvalidSettings naming every bad value.
+    """
+    overrides: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        if field == "backends":
+            value = ",".join(value)
+        elif field == "media_sources":
+            value = _media_pairs(value)
+        overrides[field] = value
+    return load_settings(env=env, config_file=args.config, overrides=overrides)
+
+
+def _media_pairs(items: Sequence[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise InvalidSettings(f"--media: {item!r} is not of the form NAME=SOURCE")
+        if name.strip() in pairs:
+            raise InvalidSettings(f"--media: {name.strip()!r} is given twice")
+        pairs[name.strip()] = source.strip()
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "demo":
+        from ._demo import main as demo_main
+
+        return demo_main(args_list[1:])
+    if args_list and args_list[0] == "bench":
+        return _bench(args_list[1:])
+
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command != "serve":
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        settings = settings_from_args(args)
+    except InvalidSettings as problem:
+        print(f"{PROG}: invalid settings:", file=sys.stderr)
+        for line in str(problem).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 2
+
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    if settings.media_sources and "media" not in settings.backends:
+        log.warning("media sources given, but the media backend is not enabled (--backend media)")
+    try:
+        trio.run(run_server, settings)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as error:
+        reason = error.strerror or error
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, reason)
+        return 1
+    except BridgeError as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+async def run_server(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down within ``settings.shutdown_grace``."""
+    log.debug("settings: %s", settings.describe())
+    watchdog = _Watchdog(settings.shutdown_grace * 2)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_bridge(settings) as bridge, trio.open_nursery() as nursery:
+                stop = trio.Event()
+                host, port = await nursery.start(partial(serve, bridge, shutdown_trigger=stop.wait))
+                shown = f"[{host}]" if ":" in host else host
+                announce(f"bridge_actors listening on http://{shown}:{port}")
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    break
+                watchdog.start()
+                stop.set()
+    finally:
+        watchdog.cancel()
+    log.info("stopped")
+
+
+class _Watchdog:
+    """Ends the process if a shutdown overruns its bound by far: a hang must not outlive us.
+
+    A thread, because whatever hangs might be the event loop itself.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self.seconds = seconds
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        log.critical("shutdown took longer than %.1fs; exiting now", self.seconds)
+        logging.shutdown()
+        os._exit(1)
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as error:
+        print(
+            f"{PROG} bench: the benchmarks are not importable ({error}); run it from a source"
+            " checkout, in the directory that holds benchmarks/",
+            file=sys.stderr,
+        )
+        return 2
+    return int(bench_main(argv) or 0)

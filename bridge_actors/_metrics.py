@@ -1,0 +1,182 @@
+"""``/metrics``: the bridge's statistics in the Prometheus text format.
+
+Nothing is counted twice: a :class:`BridgeCollector` reads ``bridge.statistics()``
+at scrape time and turns it into metric families, so the figures cannot drift
+from ``/stats``, and each app has its own registry (no process-global state,
+several bridges in one process do not collide).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._bridge import Bridge
+from ._warden import WardenTier
+
+__all__ = ["CONTENT_TYPE", "BridgeCollector", "render_metrics"]
+
+# What ``generate_latest`` writes: the classic text exposition format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_MB = 1024 * 1024
+
+
+class BridgeCollector(Collector):
+    """Builds every metric family from one statistics snapshot per scrape.
+
+    ``extra`` returns counters the HTTP layer keeps itself (refused session
+    creations), by metric name.
+    """
+
+    def __init__(self, bridge: Bridge, extra: Callable[[], Mapping[str, float]] | None = None):
+        self._bridge = bridge
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._bridge.statistics()
+        yield _gauge("bridge_ready", "1 while new viewers are welcome.", 1 if stats.ready else 0)
+        yield _gauge("bridge_sessions", "Sessions that exist now.", stats.sessions.sessions)
+        yield from self._connections(stats)
+        yield from self._captures(stats)
+        yield from self._memory(stats)
+        if self._extra is not None:
+            extra = self._extra()
+            yield _counter(
+                "bridge_session_creations_refused",
+                "Session creations refused by the per-address limit.",
+                extra.get("session_creations_refused", 0),
+            )
+
+    def _connections(self, stats) -> Iterator[Metric]:
+        limiter = stats.rate_limiter
+        resources = stats.resource_manager["metrics"]
+        yield _gauge(
+            "bridge_connections_active",
+            "Admitted connections open now.",
+            limiter.active_connections,
+        )
+        yield _counter(
+            "bridge_connection_attempts",
+            "Connection attempts seen by the limiter.",
+            limiter.attempts,
+        )
+        yield _counter("bridge_connections_admitted", "Connections admitted.", limiter.admitted)
+        refused = CounterMetricFamily(
+            "bridge_connections_refused", "Connections refused, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(limiter.denied.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield _gauge(
+            "bridge_rate_limit_buckets",
+            "Live (session, address) rate-limit buckets.",
+            limiter.buckets,
+        )
+        yield _counter(
+            "bridge_rate_limit_bucket_evictions",
+            "Buckets forgotten because the bucket table was full.",
+            limiter.bucket_evictions,
+        )
+        yield _counter(
+            "bridge_client_connections",
+            "Client connections opened.",
+            resources["client_connections"],
+        )
+        yield _counter(
+            "bridge_client_disconnections",
+            "Client connections closed.",
+            resources["client_disconnections"],
+        )
+
+    def _captures(self, stats) -> Iterator[Metric]:
+        pool = stats.pool
+        yield _gauge("bridge_capture_services", "Capture services running now.", pool.services)
+        yield _counter(
+            "bridge_capture_services_created", "Capture services started.", pool.services_created
+        )
+        yield _counter(
+            "bridge_capture_services_destroyed",
+            "Capture services ended.",
+            pool.services_destroyed,
+        )
+        labels = ["udid", "backend"]
+        families = {
+            "viewers": GaugeMetricFamily(
+                "bridge_capture_viewers", "Viewers attached to the capture.", labels=labels
+            ),
+            "fps_in": GaugeMetricFamily(
+                "bridge_capture_fps_in", "Frames captured in the last second.", labels=labels
+            ),
+            "fps_out": GaugeMetricFamily(
+                "bridge_capture_fps_out",
+                "Frames offered to viewers in the last second.",
+                labels=labels,
+            ),
+            "frames_in": CounterMetricFamily(
+                "bridge_capture_frames_in", "Frames captured.", labels=labels
+            ),
+            "frames_delivered": CounterMetricFamily(
+                "bridge_capture_frames_delivered", "Frames taken by viewers.", labels=labels
+            ),
+            "frames_dropped": CounterMetricFamily(
+                "bridge_capture_frames_dropped",
+                "Frames a slow viewer skipped (latest frame wins).",
+                labels=labels,
+            ),
+            "evicted": CounterMetricFamily(
+                "bridge_capture_viewers_evicted",
+                "Viewers evicted for staying behind.",
+                labels=labels,
+            ),
+            "restarts": CounterMetricFamily(
+                "bridge_capture_restarts", "Capture source restarts.", labels=labels
+            ),
+        }
+        for capture in stats.captures:
+            key = [capture.udid, capture.backend]
+            for name, family in families.items():
+                family.add_metric(key, getattr(capture, name))
+        yield from families.values()
+
+    def _memory(self, stats) -> Iterator[Metric]:
+        warden = stats.warden
+        if warden.last is not None:
+            yield _gauge(
+                "bridge_resident_memory_bytes",
+                "Resident memory of the bridge and its child processes.",
+                warden.last.rss_mb * _MB,
+            )
+        yield _gauge("bridge_memory_limit_bytes", "The memory limit.", warden.limit_mb * _MB)
+        tier = GaugeMetricFamily(
+            "bridge_warden_tier", "1 for the memory warden's current tier.", labels=["tier"]
+        )
+        for candidate in WardenTier:
+            tier.add_metric([candidate.name.lower()], 1 if candidate.name == warden.tier else 0)
+        yield tier
+        yield _counter(
+            "bridge_memory_cleanups", "Memory cleanups by the warden.", warden.memory_cleanups
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def make_registry(
+    bridge: Bridge, extra: Callable[[], Mapping[str, float]] | None = None
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BridgeCollector(bridge, extra))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,240 @@
+"""``serve``: the HTTP and WebSocket server of a bridge, on Hypercorn's trio worker.
+
+The command line and an embedding application share this one code path: open a
+bridge, then ``await nursery.start(serve, bridge)`` in a nursery inside it.
+
+Two things Hypercorn cannot do for us:
+
+* A client that stops reading must not hold a send forever. Hypercorn's trio
+  worker writes inside a shielded cancel scope, so not even shutdown can
+  interrupt it. We create the listening socket ourselves with
+  ``TCP_USER_TIMEOUT`` (inherited by every accepted socket), which makes the
+  kernel abort a connection whose data has gone unacknowledged that long, and
+  hand it to Hypercorn as ``fd://N``.
+* Shutdown must finish within a bound. It closes every WebSocket with 1001 and
+  lets Hypercorn wait for connections to finish; whatever still hangs past the
+  grace (a stalled client, before its TCP timeout) is shut down at the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import psutil
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from ._app import app_state, create_app
+from ._bridge import Bridge
+from ._settings import Settings
+
+log = logging.getLogger("bridge_actors.server")
+
+__all__ = ["BACKLOG", "abort_connections", "open_listening_socket", "serve"]
+
+BACKLOG = 2048
+# Shares of the shutdown grace: Hypercorn's own wait for open connections, then
+# the moment we shut down at the socket whatever still hangs. The rest is left
+# for the bridge to stop its captures and save its sessions.
+HYPERCORN_GRACE_SHARE = 0.4
+ABORT_SHARE = 0.6
+
+
+async def open_listening_socket(
+    host: str, port: int, *, tcp_user_timeout: float, backlog: int = BACKLOG
+) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket whose connections time out unacknowledged
+    sends after ``tcp_user_timeout`` seconds. Raises OSError (address in use, bad host)."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            milliseconds = max(1, round(tcp_user_timeout * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        else:
+            log.warning("TCP_USER_TIMEOUT is not available here: stalled clients time out slower")
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(settings: Settings, fd: int) -> Config:
+    config = Config()
+    config.bind = [f"fd://{fd}"]
+    config.backlog = BACKLOG
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.websocket_max_message_size = settings.max_message_bytes
+    config.graceful_timeout = settings.shutdown_grace * HYPERCORN_GRACE_SHARE
+    config.include_server_header = False
+    return config
+
+
+def abort_connections(port: int) -> int:
+    """Shut down every connection this process accepted on ``port``; returns how many.
+
+    The last resort of shutdown: a send blocked on a client that stopped reading
+    (inside Hypercorn's shielded scope) wakes up with an error at once. Blocking
+    (it reads /proc); call it in a thread.
+    """
+    aborted = 0
+    for connection in psutil.Process().net_connections(kind="tcp"):
+        if (
+            connection.fd < 0
+            or not connection.raddr
+            or not connection.laddr
+            or connection.laddr.port != port
+        ):
+            continue
+        try:
+            duplicate = socket.socket(fileno=os.dup(connection.fd))
+        except OSError:
+            continue  # closed since it was listed
+        with duplicate:
+            try:
+                if duplicate.getsockname()[1] != port:
+                    continue  # the descriptor was reused since it was listed
+                duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                duplicate.shutdown(socket.SHUT_RDWR)
+                aborted += 1
+            except OSError:
+                continue
+    return aborted
+
+
+async def ensure_initial_session(bridge: Bridge) -> None:
+    """Create one simulated session when there is none, so a new user sees a device at once."""
+    if not bridge.settings.initial_session or bridge.list_sessions():
+        await trio.lowlevel.checkpoint()
+        return
+    backend = bridge.backends.get("simulated")
+    if backend is None:
+        await trio.lowlevel.checkpoint()
+        return
+    config = await backend.configurations()
+    if not config.device_types or not config.ios_versions:
+        return
+    version = max(config.ios_versions, key=_version_key)
+    session = await bridge.create_session(config.device_types[0], version)
+    log.info("created the initial session %s (%s)", session.session_id, config.device_types[0])
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
+
+
+class _Server:
+    """One running server: its app, its socket, and the shutdown sequence."""
+
+    def __init__(self, bridge: Bridge, app: QuartTrio, port: int) -> None:
+        self.bridge = bridge
+        self.app = app
+        self.port = port
+        self.stop = trio.Event()
+        self.served = trio.Event()
+        self.abort_at: float | None = None
+
+    def begin_shutdown(self) -> None:
+        if self.abort_at is not None:
+            return
+        grace = self.bridge.settings.shutdown_grace
+        self.abort_at = trio.current_time() + grace * ABORT_SHARE
+        log.info("shutting down: closing %d WebSocket(s)", len(app_state(self.app).sockets))
+        self.bridge.begin_drain()
+        app_state(self.app).sockets.close_all()
+        self.stop.set()
+
+    async def run_hypercorn(self, config: Config, *, task_status) -> None:
+        try:
+            await hypercorn_serve(
+                self.app, config, shutdown_trigger=self.stop.wait, task_status=task_status
+            )
+        finally:
+            self.served.set()
+
+    async def reap(self) -> None:
+        """After shutdown began (or we were cancelled), abort what still hangs at the deadline."""
+        try:
+            await self.stop.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                self.begin_shutdown()
+                assert self.abort_at is not None
+                with trio.move_on_at(self.abort_at):
+                    await self.served.wait()
+                if not self.served.is_set():
+                    aborted = await trio.to_thread.run_sync(abort_connections, self.port)
+                    log.warning("aborted %d connection(s) still open after the grace", aborted)
+
+
+async def serve(
+    bridge: Bridge,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``bridge`` over HTTP and WebSockets until ``shutdown_trigger`` returns or we are
+    cancelled; either way shut down gracefully within ``settings.shutdown_grace``.
+
+    ``host`` and ``port`` default to the settings (port 0 picks a free port);
+    ``task_status.started((host, port))`` reports the address actually bound.
+    Start it with ``await nursery.start(serve, bridge)`` inside ``open_bridge``.
+    """
+    settings = bridge.settings
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    sock = await open_listening_socket(host, port, tcp_user_timeout=settings.tcp_user_timeout)
+    try:
+        await ensure_initial_session(bridge)
+    except BaseException:
+        sock.close()
+        raise
+    bound_host, bound_port = sock.getsockname()[:2]
+    fd = sock.detach()  # Hypercorn owns it from here (and closes it when it stops listening)
+    server = _Server(bridge, create_app(bridge), bound_port)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.reap)
+            await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings, fd)))
+            log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
+            task_status.started((bound_host, bound_port))
+            try:
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                else:
+                    await shutdown_trigger()
+            finally:
+                server.begin_shutdown()
+    except BaseExceptionGroup as group:
+        # One plain exception out of the public API, as open_bridge does.
+        cancelled, others = group.split(trio.Cancelled)
+        if others is not None and len(others.exceptions) == 1 and cancelled is None:
+            only = others.exceptions[0]
+            if not isinstance(only, BaseExceptionGroup):
+                raise only from None
+        raise
+    log.info("server stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

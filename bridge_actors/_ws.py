@@ -1,0 +1,485 @@
+"""The WebSocket endpoints: video, control, screenshot and logs.
+
+Every endpoint accepts first and then asks the bridge for admission, so a
+refused client always learns why from a close code instead of a silent socket.
+What a socket does after admission runs inside the connection's lifeline:
+deleting the session, evicting the viewer or stopping the capture ends it with
+a plain exception, which :func:`close_for` turns into the close code of
+PROTOCOL.md. The decisions (close codes, frame text, log filters, rates) are
+plain functions and classes; the handlers only move bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from quart import websocket
+
+from ._backend import Frame, LogLine, Screenshot, Tap, parse_control
+from ._bridge import Bridge
+from ._errors import (
+    BadInput,
+    BridgeError,
+    CaptureFailed,
+    CaptureStopped,
+    DeviceError,
+    RateLimited,
+    ServerBusy,
+    SessionFull,
+    SessionNotFound,
+    ViewerEvicted,
+)
+
+log = logging.getLogger("bridge_actors.ws")
+
+__all__ = [
+    "Close",
+    "LogFilter",
+    "OpenSockets",
+    "RecentRate",
+    "SocketHandlers",
+    "close_for",
+    "video_frame_text",
+]
+
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY = 1008
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+NOT_FOUND = 4004
+SESSION_FULL = 4009
+RATE_LIMITED = 4029
+
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+MAX_BAD_MESSAGES = 50  # in a row; a client that only sends garbage is let go with 1008
+CLOSE_TIMEOUT = 1.0  # how long a cancelled handler may spend telling the client goodbye
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# --- pure decisions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """How a socket ends. ``expected`` is False for errors that are our bug, worth a traceback."""
+
+    code: int
+    reason: str
+    expected: bool = True
+
+
+def close_for(exc: BaseException) -> Close | None:
+    """The close frame for the exception that ended a socket, looking inside groups.
+
+    None means "not ours to handle" (cancellation, KeyboardInterrupt): re-raise it.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split(trio.Cancelled)[0] is not None:
+            return None
+        for inner in exc.exceptions:
+            close = close_for(inner)
+            if close is not None:
+                return close
+        return None
+    if isinstance(exc, SessionNotFound):
+        return Close(NOT_FOUND, "session deleted" if exc.deleted else "Session not found")
+    if isinstance(exc, RateLimited):
+        return Close(RATE_LIMITED, f"retry_after={max(1, math.ceil(exc.retry_after))}")
+    if isinstance(exc, SessionFull):
+        return Close(SESSION_FULL, str(exc))
+    if isinstance(exc, ServerBusy):
+        return Close(TRY_AGAIN_LATER, str(exc) or "server busy")
+    if isinstance(exc, ViewerEvicted):
+        return Close(POLICY, str(exc))
+    if isinstance(exc, CaptureFailed):
+        return Close(INTERNAL_ERROR, str(exc) or "capture failed")
+    if isinstance(exc, CaptureStopped):
+        return Close(GOING_AWAY, str(exc) or "capture stopped")
+    if isinstance(exc, BadInput):
+        return Close(POLICY, str(exc))
+    if isinstance(exc, DeviceError | BridgeError):
+        return Close(INTERNAL_ERROR, f"device error: {exc}")
+    if isinstance(exc, Exception):
+        return Close(INTERNAL_ERROR, "internal error", expected=False)
+    return None
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what fits in a close frame, on a character boundary."""
+    encoded = text.encode()
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def video_frame_text(frame: Frame, number: int, fps: int) -> str:
+    """The JSON ``video_frame`` message, keys in PROTOCOL order, built around the shared base64.
+
+    Concatenation instead of ``json.dumps``: the base64 text (tens of kilobytes,
+    computed once per frame for every viewer) is copied once, never re-escaped.
+    """
+    return (
+        f'{{"type":"video_frame","data":"{frame.b64}",'
+        f'"pixel_width":{int(frame.pixel_width)},"pixel_height":{int(frame.pixel_height)},'
+        f'"point_width":{int(frame.point_width)},"point_height":{int(frame.point_height)},'
+        f'"frame":{int(number)},"timestamp":{_json_number(frame.timestamp)},"fps":{int(fps)},'
+        f'"format":"jpeg","seq":{int(frame.seq)},"input_seq":{int(frame.input_seq)}}}'
+    )
+
+
+def _json_number(value: float) -> str:
+    return repr(float(value)) if math.isfinite(value) else "null"
+
+
+def screenshot_message(shot: Screenshot) -> dict[str, Any]:
+    return {
+        "type": "screenshot",
+        "data": base64.b64encode(shot.data).decode("ascii"),
+        "pixel_width": shot.pixel_width,
+        "pixel_height": shot.pixel_height,
+        "point_width": shot.point_width,
+        "point_height": shot.point_height,
+        "format": shot.format,
+    }
+
+
+class RecentRate:
+    """Events in the last ``window`` seconds (the ``fps`` of a video message)."""
+
+    __slots__ = ("_times", "window")
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def add(self, now: float) -> int:
+        """Count one event at ``now``; returns the count within the window, this one included."""
+        self._times.append(now)
+        horizon = now - self.window
+        while self._times[0] <= horizon:
+            self._times.popleft()
+        return len(self._times)
+
+
+class LogFilter:
+    """Which log lines a logs socket wants: a case-insensitive substring and a level."""
+
+    __slots__ = ("level", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.level = "all"
+
+    def update(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Apply a ``{"type":"filter"}`` message; returns the reply. Raises BadInput."""
+        text = message.get("filter", "")
+        level = message.get("level", "all")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise BadInput("filter", f"must be a string, not {type(text).__name__}")
+        if len(text) > 1000:
+            raise BadInput("filter", "must be at most 1000 characters")
+        if level is None or level == "":
+            level = "all"
+        if not isinstance(level, str) or level.lower() not in ("all", *LOG_LEVELS):
+            raise BadInput("level", f"must be one of all, {', '.join(LOG_LEVELS)}")
+        self.text = text
+        self.level = level.lower()
+        return {"type": "filter_applied", "filter": self.text, "level": self.level}
+
+    def matches(self, line: LogLine) -> bool:
+        if self.level != "all" and line.level != self.level:
+            return False
+        if not self.text:
+            return True
+        needle = self.text.lower()
+        return any(needle in part.lower() for part in (line.message, line.process, line.raw_line))
+
+
+def decode_message(message: str | bytes) -> dict[str, Any]:
+    """A client's JSON object message. Raises BadInput naming what was wrong."""
+    if isinstance(message, bytes):
+        try:
+            message = message.decode()
+        except UnicodeDecodeError:
+            raise BadInput("message", "is not UTF-8 text") from None
+    try:
+        decoded = json.loads(message)
+    except ValueError:
+        raise BadInput("message", "is not valid JSON") from None
+    if not isinstance(decoded, dict):
+        raise BadInput("message", "must be a JSON object")
+    return decoded
+
+
+def error_text(error: BadInput | DeviceError | str) -> str:
+    return json.dumps({"type": "error", "message": str(error)})
+
+
+# --- shutdown bookkeeping ---------------------------------------------------------------------
+
+
+class OpenSockets:
+    """Every WebSocket being served, so a shutdown can close them all with 1001."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[trio.CancelScope, str] = {}
+        self.closing = False
+        self.opened: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    @contextmanager
+    def track(self, kind: str) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope()
+        if self.closing:
+            scope.cancel()
+        self._scopes[scope] = kind
+        self.opened[kind] += 1
+        try:
+            with scope:
+                yield scope
+        finally:
+            del self._scopes[scope]
+
+    def close_all(self) -> None:
+        """Make every socket (and any that opens from now on) close with 1001."""
+        self.closing = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "open": dict(Counter(self._scopes.values())),
+            "opened": dict(self.opened),
+            "closing": self.closing,
+        }
+
+
+# --- the handlers -----------------------------------------------------------------------------
+
+Body = Callable[[Any, str], Awaitable[None]]
+
+
+class SocketHandlers:
+    """The four session WebSockets of one app, sharing its bridge and its OpenSockets."""
+
+    def __init__(self, bridge: Bridge, sockets: OpenSockets) -> None:
+        self.bridge = bridge
+        self.sockets = sockets
+
+    async def _serve(self, kind: str, session_id: str, body: Body) -> None:
+        ws = websocket._get_current_object()
+        await ws.accept()
+        try:
+            close = Close(NORMAL, "")
+            with self.sockets.track(kind) as shutdown:
+                try:
+                    async with self.bridge.connect(session_id, kind, _client_ip(ws)):
+                        await body(ws, session_id)
+                except BaseException as exc:
+                    mapped = close_for(exc)
+                    if mapped is None:
+                        raise
+                    if not mapped.expected:
+                        log.exception("%s socket of session %s failed", kind, session_id)
+                    close = mapped
+            if shutdown.cancelled_caught:
+                close = Close(GOING_AWAY, "server shutting down")
+        except BaseException as exc:
+            if _is_cancellation(exc):
+                # Torn down from outside (the server's nursery, or the client left): say
+                # goodbye if anyone still listens, but never wait long for it.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                    await _close(ws, Close(GOING_AWAY, "server shutting down"))
+            raise
+        await _close(ws, close)
+
+    # -- video --
+
+    async def video(self, session_id: str) -> None:
+        try:
+            binary, max_fps = _video_options(websocket.args)
+        except BadInput as error:
+            await _refuse_bad_input(error)
+            return
+
+        async def body(ws, sid: str) -> None:
+            async with (
+                self.bridge.watch(sid, max_fps=max_fps) as viewer,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(_discard_incoming, ws)
+                if binary:
+                    async for frame in viewer:
+                        await ws.send(frame.binary)
+                else:
+                    rate = RecentRate()
+                    number = 0
+                    async for frame in viewer:
+                        number += 1
+                        fps = rate.add(trio.current_time())
+                        await ws.send(video_frame_text(frame, number, fps))
+
+        await self._serve("video", session_id, body)
+
+    # -- control --
+
+    async def control(self, session_id: str) -> None:
+        async def body(ws, sid: str) -> None:
+            bad = 0
+            while True:
+                message = await ws.receive()
+                reply, ok = await self._control_one(sid, message)
+                bad = 0 if ok else bad + 1
+                if reply is not None:
+                    await ws.send(reply)
+                if bad >= MAX_BAD_MESSAGES:
+                    raise BadInput("message", f"{bad} bad messages in a row")
+
+        await self._serve("control", session_id, body)
+
+    async def _control_one(self, session_id: str, message: str | bytes) -> tuple[str | None, bool]:
+        """Apply one control message; returns the reply to send (if any) and whether it was good."""
+        try:
+            decoded = decode_message(message)
+            event = parse_control(decoded)
+            input_seq = await self.bridge.control(session_id, event)
+        except (BadInput, DeviceError) as error:
+            return error_text(error), False
+        if "id" in decoded:
+            return json.dumps({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
+        return None, True
+
+    # -- screenshot --
+
+    async def screenshot(self, session_id: str) -> None:
+        async def body(ws, sid: str) -> None:
+            await ws.send(await self._screenshot_text(sid))
+            bad = 0
+            while True:
+                message = await ws.receive()
+                try:
+                    decoded = decode_message(message)
+                    kind = decoded.get("t", decoded.get("type"))
+                    if kind == "tap":
+                        event = parse_control(decoded)
+                        assert isinstance(event, Tap)
+                        await self.bridge.control(sid, event)
+                    elif kind != "refresh":
+                        raise BadInput("t", f"must be 'tap' or 'refresh', not {kind!r}")
+                except (BadInput, DeviceError) as error:
+                    bad += 1
+                    if bad >= MAX_BAD_MESSAGES:
+                        raise BadInput("message", f"{bad} bad messages in a row") from None
+                    await ws.send(error_text(error))
+                    continue
+                bad = 0
+                await ws.send(await self._screenshot_text(sid))
+
+        await self._serve("screenshot", session_id, body)
+
+    async def _screenshot_text(self, session_id: str) -> str:
+        try:
+            shot = await self.bridge.screenshot(session_id)
+        except DeviceError as error:
+            return error_text(f"screenshot failed: {error}")
+        return json.dumps(screenshot_message(shot))
+
+    # -- logs --
+
+    async def logs(self, session_id: str) -> None:
+        async def body(ws, sid: str) -> None:
+            wanted = LogFilter()
+            async with self.bridge.logs(sid) as subscription, trio.open_nursery() as nursery:
+                nursery.start_soon(_log_requests, ws, wanted)
+                async for line in subscription:
+                    if wanted.matches(line):
+                        await ws.send(json.dumps(line.to_message()))
+
+        await self._serve("logs", session_id, body)
+
+
+async def _log_requests(ws, wanted: LogFilter) -> None:
+    bad = 0
+    while True:
+        message = await ws.receive()
+        try:
+            decoded = decode_message(message)
+            kind = decoded.get("type", decoded.get("t"))
+            if kind == "filter":
+                reply = wanted.update(decoded)
+            elif kind == "clear":
+                reply = {"type": "clear"}
+            else:
+                raise BadInput("type", f"must be 'filter' or 'clear', not {kind!r}")
+        except BadInput as error:
+            bad += 1
+            if bad >= MAX_BAD_MESSAGES:
+                raise BadInput("message", f"{bad} bad messages in a row") from None
+            await ws.send(error_text(error))
+            continue
+        bad = 0
+        await ws.send(json.dumps(reply))
+
+
+async def _discard_incoming(ws) -> None:
+    """A video client's messages mean nothing, but reading them is how a disconnect is seen."""
+    while True:
+        await ws.receive()
+
+
+MIN_VIEWER_FPS = 0.1
+
+
+def _video_options(args) -> tuple[bool, float | None]:
+    """``?format=`` and ``?fps=`` of a video socket."""
+    fmt = args.get("format", "json")
+    if fmt not in ("json", "binary"):
+        raise BadInput("format", f"must be 'json' or 'binary', not {fmt!r}")
+    raw_fps = args.get("fps")
+    max_fps = None
+    if raw_fps not in (None, ""):
+        try:
+            max_fps = float(raw_fps)
+        except ValueError:
+            raise BadInput("fps", f"must be a number, not {raw_fps!r}") from None
+        if not math.isfinite(max_fps) or not MIN_VIEWER_FPS <= max_fps <= 1000:
+            raise BadInput("fps", f"must be from {MIN_VIEWER_FPS:g} to 1000, not {raw_fps}")
+    return fmt == "binary", max_fps
+
+
+async def _refuse_bad_input(error: BadInput) -> None:
+    ws = websocket._get_current_object()
+    await ws.accept()
+    await ws.send(error_text(error))
+    await _close(ws, Close(POLICY, str(error)))
+
+
+async def _close(ws, close: Close) -> None:
+    with contextlib.suppress(RuntimeError):  # already closed
+        await ws.close(close.code, close_reason(close.reason))
+    await trio.lowlevel.checkpoint()
+
+
+def _client_ip(ws) -> str:
+    return ws.remote_addr or "unknown"
