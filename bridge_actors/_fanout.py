@@ -98,6 +98,9 @@ class Viewer:
         self._lot = trio.lowlevel.ParkingLot()
         self.lifeline = Lifeline()
         self.max_fps = max_fps
+        # A rate-capped viewer leaves frames waiting on purpose between two takes;
+        # that pause is not stalling.
+        self.pause_between_frames = 1 / max_fps if max_fps else 0.0
         self._next_allowed = -float("inf")
 
     @property
@@ -194,7 +197,7 @@ class Fanout:
         self.frames_in += 1
         for viewer in list(self._viewers.values()):
             slot = viewer._slot
-            if slot.is_stalled(now, self.deadline):
+            if slot.is_stalled(now, self.deadline + viewer.pause_between_frames):
                 self.evicted += 1
                 self.remove(viewer)
                 viewer.close(

@@ -126,3 +126,20 @@ def test_close_all_gives_each_viewer_its_own_exception():
     assert isinstance(a.lifeline.reason, ViewerEvicted)
     assert a.lifeline.reason is not b.lifeline.reason
     assert len(fanout) == 0
+
+
+def test_a_rate_capped_viewer_waiting_between_frames_is_not_stalled():
+    fanout = Fanout(capacity=1, deadline=0.5)
+    capped = fanout.add(max_fps=1.0)
+    taken = []
+    for seq in range(1, 301):
+        now = seq / 30
+        fanout.publish(frame(seq), now=now)
+        if seq % 30 == 0:  # one frame a second, as its cap allows
+            taken.append(capped._slot.take_latest(now=now).seq)
+    assert taken == list(range(30, 301, 30))
+    assert not capped.lifeline.cut_already
+    # but one that stops taking altogether is still evicted, one pause later than others
+    for seq in range(301, 360):
+        fanout.publish(frame(seq), now=seq / 30)
+    assert isinstance(capped.lifeline.reason, ViewerEvicted)
