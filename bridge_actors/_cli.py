@@ -27,7 +27,7 @@ from ._bridge import open_bridge
 from ._errors import BridgeError, InvalidSettings
 from ._logconfig import announce, configure_logging
 from ._serve import serve
-from ._settings import BACKENDS, ENV_NAMES, PROFILES, Settings, load_settings
+from ._settings import ENV_NAMES, Settings, load_settings
 
 log = logging.getLogger("bridge_actors.cli")
 
@@ -47,24 +47,6 @@ _METAVARS = {
     "log_format": "FORMAT",
 }
 _TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is a duration
-
-_HELP = {
-    "host": "address to listen on (default 127.0.0.1)",
-    "port": "port to listen on; 0 picks a free one (default 8000)",
-    "profile": f"named profile: {', '.join(PROFILES)}",
-    "backends": f"device backend to enable, repeatable or comma-separated: {', '.join(BACKENDS)}"
-    " (default simulated)",
-    "media_sources": "a media source for the media backend, NAME=SOURCE (a file, a URL, or an"
-    " FFmpeg input); repeatable",
-    "state_dir": "where sessions are kept across restarts",
-    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
-    "log_format": "plain lines or JSON lines (default plain)",
-    "access_log": "log every HTTP request",
-    "initial_session": "create one simulated session at start when there is none (default on)",
-    "shutdown_grace": "seconds a shutdown may take, stalled clients included",
-    "tcp_user_timeout": "seconds before the kernel drops a connection whose data goes"
-    " unacknowledged",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,10 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_setting_flag(parser: argparse.ArgumentParser, field: str, annotation: Any) -> None:
     flag = _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
-    help_text = _HELP.get(field, field.replace("_", " "))
+    info = Settings.model_fields[field]
+    help_text = info.description or field.replace("_", " ")
     if typing.get_origin(annotation) is typing.Literal:
-        help_text += f"; one of {', '.join(typing.get_args(annotation))}"
-    help_text += f" ({ENV_NAMES[field]})"
+        help_text += f": {', '.join(typing.get_args(annotation))}"
+    default = info.get_default(call_default_factory=True)
+    if default not in (None, (), {}) and field != "state_dir":
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text += f" (default {shown})"
+    help_text = help_text.replace("%", "%%") + f" [{ENV_NAMES[field]}]"
     if field in ("backends", "media_sources"):
         metavar = "NAME" if field == "backends" else "NAME=SOURCE"
         parser.add_argument(flag, dest=field, action="append", metavar=metavar, help=help_text)

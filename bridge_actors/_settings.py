@@ -110,50 +110,115 @@ class Settings(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    profile: str | None = None
+    profile: str | None = pydantic.Field(None, description="named profile: " + ", ".join(PROFILES))
 
     # Seed settings; their environment names carry no prefix, for compatibility.
     max_connections_per_session: int = pydantic.Field(
-        _DEFAULT_SEEDS["max_connections_per_session"], ge=1
+        _DEFAULT_SEEDS["max_connections_per_session"],
+        ge=1,
+        description="open connections one session may have",
     )
     max_connections_per_minute: int = pydantic.Field(
-        _DEFAULT_SEEDS["max_connections_per_minute"], ge=1
+        _DEFAULT_SEEDS["max_connections_per_minute"],
+        ge=1,
+        description="connection attempts per session and client address per minute",
     )
     connection_cleanup_interval: float = pydantic.Field(
-        _DEFAULT_SEEDS["connection_cleanup_interval"], gt=0
+        _DEFAULT_SEEDS["connection_cleanup_interval"],
+        gt=0,
+        description="seconds between sweeps of empty rate-limit buckets",
     )
-    max_memory_mb: int = pydantic.Field(_DEFAULT_SEEDS["max_memory_mb"], ge=64)
-    service_idle_timeout: float = pydantic.Field(_DEFAULT_SEEDS["service_idle_timeout"], ge=0)
-    memory_check_interval: float = pydantic.Field(_DEFAULT_SEEDS["memory_check_interval"], gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _DEFAULT_SEEDS[
-        "log_level"
-    ]
+    max_memory_mb: int = pydantic.Field(
+        _DEFAULT_SEEDS["max_memory_mb"],
+        ge=64,
+        description="memory mark in MB: at 80% idle captures stop, at 100% new ones are refused",
+    )
+    service_idle_timeout: float = pydantic.Field(
+        _DEFAULT_SEEDS["service_idle_timeout"],
+        ge=0,
+        description="seconds a capture with no viewers lives on before it stops",
+    )
+    memory_check_interval: float = pydantic.Field(
+        _DEFAULT_SEEDS["memory_check_interval"],
+        gt=0,
+        description="seconds between memory samples",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = pydantic.Field(
+        _DEFAULT_SEEDS["log_level"], description="log level"
+    )
 
     # Ours; environment names are BRIDGE_<FIELD> unless listed in _ENV_NAME_EXCEPTIONS.
-    max_connections: int = pydantic.Field(2000, ge=1)
-    max_rate_limit_buckets: int = pydantic.Field(10000, ge=16)
-    viewer_deadline: float = pydantic.Field(5.0, gt=0)
-    viewer_slot_size: int = pydantic.Field(2, ge=1, le=2)
-    fps: int = pydantic.Field(30, ge=1, le=120)
-    jpeg_quality: int = pydantic.Field(80, ge=1, le=100)
-    encode_threads: int = pydantic.Field(2, ge=1, le=64)
-    restart_max: int = pydantic.Field(5, ge=0)
-    restart_period: float = pydantic.Field(30.0, gt=0)
-    restart_backoff_initial: float = pydantic.Field(0.1, ge=0)
-    restart_backoff_max: float = pydantic.Field(5.0, validate_default=True)
-    state_dir: Path = pydantic.Field(default_factory=_default_state_dir_without_environment)
-    backends: tuple[str, ...] = ("simulated",)
-    media_sources: dict[str, str] = pydantic.Field(default_factory=dict)
-    host: str = "127.0.0.1"
-    port: int = pydantic.Field(8000, ge=0, le=65535)
-    shutdown_grace: float = pydantic.Field(5.0, gt=0)
-    log_format: Literal["plain", "json"] = "plain"
-    access_log: bool = False
-    create_sessions_per_minute: int = pydantic.Field(10, ge=1)
-    initial_session: bool = True
-    max_message_bytes: int = pydantic.Field(65536, ge=1024)
-    max_body_bytes: int = pydantic.Field(1048576, ge=1024)
-    tcp_user_timeout: float = pydantic.Field(10.0, gt=0)
+    max_connections: int = pydantic.Field(
+        2000, ge=1, description="open connections the whole bridge may have"
+    )
+    max_rate_limit_buckets: int = pydantic.Field(
+        10000, ge=16, description="rate-limit buckets kept; the least recently used go first"
+    )
+    viewer_deadline: float = pydantic.Field(
+        5.0, gt=0, description="seconds a viewer may stay behind before it is evicted"
+    )
+    viewer_slot_size: int = pydantic.Field(
+        2, ge=1, le=2, description="frames waiting per viewer before the oldest is dropped"
+    )
+    fps: int = pydantic.Field(30, ge=1, le=120, description="capture frames per second")
+    jpeg_quality: int = pydantic.Field(80, ge=1, le=100, description="JPEG quality of frames")
+    encode_threads: int = pydantic.Field(
+        2, ge=1, le=64, description="worker threads rendering and encoding frames"
+    )
+    restart_max: int = pydantic.Field(
+        5, ge=0, description="restarts of a crashing capture allowed within the restart period"
+    )
+    restart_period: float = pydantic.Field(
+        30.0, gt=0, description="seconds over which capture restarts are counted"
+    )
+    restart_backoff_initial: float = pydantic.Field(
+        0.1, ge=0, description="seconds before the first restart of a crashed capture"
+    )
+    restart_backoff_max: float = pydantic.Field(
+        5.0,
+        validate_default=True,
+        description="longest wait between restarts (the wait doubles each time)",
+    )
+    state_dir: Path = pydantic.Field(
+        default_factory=_default_state_dir_without_environment,
+        description="where sessions are kept across restarts",
+    )
+    backends: tuple[str, ...] = pydantic.Field(
+        ("simulated",),
+        description="device backends to enable, repeatable or comma-separated: "
+        "simulated, media, ios",
+    )
+    media_sources: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="a source for the media backend, NAME=SOURCE (a file, a URL, or an "
+        "FFmpeg input such as x11grab::0.0); repeatable",
+    )
+    host: str = pydantic.Field("127.0.0.1", description="address to listen on")
+    port: int = pydantic.Field(
+        8000, ge=0, le=65535, description="port to listen on; 0 picks a free one"
+    )
+    shutdown_grace: float = pydantic.Field(
+        5.0, gt=0, description="seconds a shutdown may take, stalled clients included"
+    )
+    log_format: Literal["plain", "json"] = pydantic.Field(
+        "plain", description="plain lines or JSON lines"
+    )
+    access_log: bool = pydantic.Field(False, description="log every HTTP request")
+    create_sessions_per_minute: int = pydantic.Field(
+        10, ge=1, description="sessions one client address may create per minute"
+    )
+    initial_session: bool = pydantic.Field(
+        True, description="create one simulated session at start when there is none"
+    )
+    max_message_bytes: int = pydantic.Field(
+        65536, ge=1024, description="largest WebSocket message a client may send"
+    )
+    max_body_bytes: int = pydantic.Field(1048576, ge=1024, description="largest HTTP request body")
+    tcp_user_timeout: float = pydantic.Field(
+        10.0,
+        gt=0,
+        description="seconds before the kernel drops a connection whose data goes unacknowledged",
+    )
 
     @pydantic.model_validator(mode="wrap")
     @classmethod
