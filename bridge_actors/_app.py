@@ -1,5 +1,9 @@
 """The Quart-Trio application: every HTTP route of PROTOCOL.md, and the WebSocket routes.
 
+Beyond PROTOCOL.md it answers what the compatible clients ask for: the desktop
+viewer's cross-origin fetches, its recording buttons (a clear 501), and a download
+name ending in ``.png`` (the screenshot converted to match).
+
 Routes translate between HTTP and the :class:`~bridge_actors.Bridge` handle and
 nothing more. Errors are mapped in one place (:func:`_register_error_handlers`):
 bad input is a 4xx whose JSON body names the field, an unknown session is a 404,
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
 import logging
 import math
@@ -19,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from PIL import Image, UnidentifiedImageError
 from quart import Response, has_request_context, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ._backend import Screenshot
 from ._bridge import Bridge
 from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -40,7 +47,20 @@ ACCESS_CHECK_TIMEOUT = 5.0
 MAX_FIELD_LENGTH = 200
 SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+# A requested download name with one of these endings gets that format, converted if need be.
+FORMAT_OF_EXTENSION = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+CONVERTED_JPEG_QUALITY = 90
 _SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,127}")
+RECORDING_UNSUPPORTED = "recording: not supported by this server"
+
+# The desktop viewer of the compatible clients is a local page (``file://``, whose
+# origin browsers send as "null" or "file://") that fetches these per-session routes
+# cross-origin, so they answer its CORS checks. Only the routes it fetches are opened,
+# and each needs a session id: a page cannot learn the ids through them.
+LOCAL_APP_ORIGINS = frozenset({"null", "file://"})
+_LOCAL_APP_ROUTES = re.compile(
+    r"/api/sessions/[^/]+/(?:screenshot/download|recording/(?:start|stop))"
+)
 
 # The presets of the compatible route; only reported, WebRTC itself is a later milestone.
 WEBRTC_PRESETS: Mapping[str, Mapping[str, float]] = {
@@ -292,16 +312,29 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     async def _screenshot_response(session_id: str, filename: str | None) -> Response:
         shot = await bridge.screenshot(session_id)
-        extension = SCREENSHOT_EXTENSIONS[shot.format]
+        data, fmt = shot.data, shot.format
+        wanted = FORMAT_OF_EXTENSION.get(Path(filename).suffix.lower()) if filename else None
+        if wanted is not None and wanted != fmt:
+            # A page that names its download "x.png" saves whatever comes as x.png.
+            data = await trio.to_thread.run_sync(_convert_screenshot, shot, wanted)
+            fmt = wanted
+        extension = SCREENSHOT_EXTENSIONS[fmt]
         if filename is None:
             filename = f"screenshot_{session_id[:8]}.{extension}"
         elif "." not in filename:
             filename = f"{filename}.{extension}"
         return Response(
-            shot.data,
-            content_type=SCREENSHOT_TYPES[shot.format],
+            data,
+            content_type=SCREENSHOT_TYPES[fmt],
             headers={"Content-Disposition": f"attachment; filename={filename}"},
         )
+
+    @app.post("/api/sessions/<session_id>/recording/start")
+    @app.post("/api/sessions/<session_id>/recording/stop")
+    async def recording(session_id: str) -> tuple[dict[str, Any], int]:
+        bridge.get_session(session_id)
+        await trio.lowlevel.checkpoint()
+        return {"success": False, "detail": RECORDING_UNSUPPORTED}, 501
 
     @app.get("/webrtc/quality/<session_id>/<quality>")
     async def webrtc_quality(session_id: str, quality: str) -> dict[str, Any]:
@@ -333,6 +366,23 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.websocket("/ws/<session_id>/logs")
     async def logs_socket(session_id: str) -> None:
         await sockets.logs(session_id)
+
+    @app.websocket("/ws/<session_id>/webrtc")
+    async def webrtc_socket(session_id: str) -> None:
+        await sockets.webrtc(session_id)
+
+    @app.after_request
+    async def local_app_cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin in LOCAL_APP_ORIGINS and _LOCAL_APP_ROUTES.fullmatch(request.path):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Content-Disposition"
+            response.vary.add("Origin")
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+                response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+                response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     return app
 
@@ -421,6 +471,20 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
 
 def _client_ip() -> str:
     return request.remote_addr or "unknown"
+
+
+def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:
+    """``shot`` re-encoded as ``fmt`` ("png" or "jpeg"); CPU work, run in a worker thread."""
+    try:
+        with Image.open(io.BytesIO(shot.data)) as image:
+            out = io.BytesIO()
+            if fmt == "png":
+                image.save(out, format="PNG")
+            else:
+                image.convert("RGB").save(out, format="JPEG", quality=CONVERTED_JPEG_QUALITY)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DeviceError(f"the device's screenshot is not a readable image: {exc}") from None
+    return out.getvalue()
 
 
 async def _is_accessible(session) -> bool:

@@ -1,4 +1,4 @@
-"""The WebSocket endpoints: video, control, screenshot and logs.
+"""The WebSocket endpoints: video, control, screenshot, logs (and a WebRTC refusal).
 
 Every endpoint accepts first and then asks the bridge for admission, so a
 refused client always learns why from a close code instead of a silent socket.
@@ -25,7 +25,7 @@ from typing import Any
 import trio
 from quart import websocket
 
-from ._backend import Frame, LogLine, Screenshot, Tap, parse_control
+from ._backend import Frame, LogLine, Screenshot, parse_control
 from ._bridge import Bridge
 from ._errors import (
     BadInput,
@@ -49,6 +49,7 @@ __all__ = [
     "RecentRate",
     "SocketHandlers",
     "close_for",
+    "normalize_control",
     "video_frame_text",
 ]
 
@@ -65,6 +66,7 @@ MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125
 MAX_BAD_MESSAGES = 50  # in a row; a client that only sends garbage is let go with 1008
 CLOSE_TIMEOUT = 1.0  # how long a cancelled handler may spend telling the client goodbye
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WEBRTC_UNSUPPORTED = "not supported by this server; stream from /ws/<session_id>/video"
 
 
 # --- pure decisions ----------------------------------------------------------------------------
@@ -234,6 +236,43 @@ def error_text(error: BadInput | DeviceError | str) -> str:
     return json.dumps({"type": "error", "message": str(error)})
 
 
+# The compatible desktop viewer sends a swipe's corners in camelCase.
+_SWIPE_ALIASES = {"start_x": "startX", "start_y": "startY", "end_x": "endX", "end_y": "endY"}
+
+
+def _hid_key_names() -> dict[str, str]:
+    names = dict(zip(range(4, 30), "abcdefghijklmnopqrstuvwxyz", strict=True))
+    names |= dict(zip(range(30, 40), "1234567890", strict=True))
+    names |= dict(zip(range(40, 45), ("enter", "escape", "backspace", "tab", "space"), strict=True))
+    names |= dict(zip(range(45, 50), "-=[]\\", strict=True))
+    names |= dict(zip(range(51, 57), ";'`,./", strict=True))
+    names |= {76: "delete", 79: "arrowright", 80: "arrowleft", 81: "arrowdown", 82: "arrowup"}
+    return {str(code): name for code, name in names.items()}
+
+
+# The compatible desktop viewer names keys by their USB HID usage code ("4" is the A key,
+# "30" the 1 key); a key event names the key itself, which every backend understands.
+HID_KEY_NAMES = _hid_key_names()
+
+
+def normalize_control(message: dict[str, Any]) -> dict[str, Any]:
+    """A control message in the spelling :func:`parse_control` reads.
+
+    The compatible clients spell two things their own way: the desktop viewer sends
+    a swipe's corners as ``startX``/``startY``/``endX``/``endY`` and a key as its
+    HID usage code. Anything else is returned unchanged, for ``parse_control`` to judge.
+    """
+    kind = message.get("t", message.get("type"))
+    if kind == "swipe" and any(camel in message for camel in _SWIPE_ALIASES.values()):
+        message = dict(message)
+        for snake, camel in _SWIPE_ALIASES.items():
+            if snake not in message and camel in message:
+                message[snake] = message.pop(camel)
+    elif kind == "key" and isinstance(key := message.get("key"), str) and key in HID_KEY_NAMES:
+        message = {**message, "key": HID_KEY_NAMES[key]}
+    return message
+
+
 # --- shutdown bookkeeping ---------------------------------------------------------------------
 
 
@@ -281,7 +320,7 @@ Body = Callable[[Any, str], Awaitable[None]]
 
 
 class SocketHandlers:
-    """The four session WebSockets of one app, sharing its bridge and its OpenSockets."""
+    """The session WebSockets of one app, sharing its bridge and its OpenSockets."""
 
     def __init__(self, bridge: Bridge, sockets: OpenSockets) -> None:
         self.bridge = bridge
@@ -362,7 +401,7 @@ class SocketHandlers:
         """Apply one control message; returns the reply to send (if any) and whether it was good."""
         try:
             decoded = decode_message(message)
-            event = parse_control(decoded)
+            event = parse_control(normalize_control(decoded))
             input_seq = await self.bridge.control(session_id, event)
         except (BadInput, DeviceError) as error:
             return error_text(error), False
@@ -380,13 +419,10 @@ class SocketHandlers:
                 message = await ws.receive()
                 try:
                     decoded = decode_message(message)
-                    kind = decoded.get("t", decoded.get("type"))
-                    if kind == "tap":
-                        event = parse_control(decoded)
-                        assert isinstance(event, Tap)
+                    if decoded.get("t", decoded.get("type")) != "refresh":
+                        # Taps, and whatever else a compatible page sends here (swipes).
+                        event = parse_control(normalize_control(decoded))
                         await self.bridge.control(sid, event)
-                    elif kind != "refresh":
-                        raise BadInput("t", f"must be 'tap' or 'refresh', not {kind!r}")
                 except (BadInput, DeviceError) as error:
                     bad += 1
                     if bad >= MAX_BAD_MESSAGES:
@@ -404,6 +440,17 @@ class SocketHandlers:
         except DeviceError as error:
             return error_text(f"screenshot failed: {error}")
         return json.dumps(screenshot_message(shot))
+
+    # -- webrtc --
+
+    async def webrtc(self, session_id: str) -> None:
+        """WebRTC signalling is not served yet; a compatible viewer that asks is told so
+        (its signalling reads ``{"type":"error","message"}``) instead of failing a handshake."""
+
+        async def body(ws, sid: str) -> None:
+            await ws.send(error_text(BadInput("webrtc", WEBRTC_UNSUPPORTED)))
+
+        await self._serve("webrtc", session_id, body)
 
     # -- logs --
 
