@@ -96,6 +96,9 @@ def create_app(bridge: Bridge) -> QuartTrio:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_body_bytes,
         PROPAGATE_EXCEPTIONS=False,
+        # The viewer's files are revalidated on every load, so an upgrade never pairs a
+        # new index.html with a cached app.js.
+        SEND_FILE_MAX_AGE_DEFAULT=0,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented key order
     state = AppState(

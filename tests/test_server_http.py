@@ -305,3 +305,10 @@ async def test_stats_and_metrics_while_streaming(server):
             if metrics["client_connections"] == metrics["client_disconnections"]:
                 break
             await trio.sleep(0.02)
+
+
+async def test_the_viewer_files_are_revalidated_on_every_load(server):
+    for path in ("/", "/static/app.js"):
+        response = await server.http.get(path)
+        assert response.status_code == 200
+        assert "max-age=0" in response.headers["cache-control"]
