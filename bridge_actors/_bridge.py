@@ -19,6 +19,7 @@ from ._backend import (
     parse_control,
 )
 from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
+from ._checks import exception_leaves
 from ._errors import BadInput, BridgeError, DeviceError
 from ._fanout import Viewer
 from ._lifeline import Lifeline
@@ -273,16 +274,6 @@ class Bridge:
         )
 
 
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
-
-
 @asynccontextmanager
 async def open_bridge(
     settings: Settings | None = None,
@@ -329,7 +320,7 @@ async def open_bridge(
                 )
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = exception_leaves(group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise BridgeError(

@@ -13,31 +13,16 @@ entries, so the oldest idle address is forgotten before memory can grow.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 import trio
 
-from ._errors import BadInput, InvalidSettings, RateLimited, ServerBusy, SessionFull
+from ._checks import require_int, require_positive
+from ._errors import BadInput, RateLimited, ServerBusy, SessionFull
 
 DENIAL_REASONS = (RateLimited.reason, SessionFull.reason, ServerBusy.reason)
-
-
-def _require_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidSettings(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _require_positive(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidSettings(f"{name} must be a finite number > 0, got {value!r}")
 
 
 class SlidingWindow:
@@ -53,9 +38,9 @@ class SlidingWindow:
     __slots__ = ("_buckets", "_limit", "_window", "evictions", "max_keys")
 
     def __init__(self, *, limit: int, window: float = 60.0, max_keys: int = 10000) -> None:
-        _require_int("limit", limit, 1)
-        _require_positive("window", window)
-        _require_int("max_keys", max_keys, 1)
+        require_int("limit", limit, 1)
+        require_positive("window", window)
+        require_int("max_keys", max_keys, 1)
         self._limit = limit
         self._window = float(window)
         self.max_keys = max_keys
@@ -177,12 +162,12 @@ class RateLimiter:
         cleanup_interval: float = 30.0,
         window: float = 60.0,
     ) -> None:
-        _require_int("per_minute", per_minute, 1)
-        _require_int("per_session", per_session, 1)
-        _require_int("max_connections", max_connections, 1)
-        _require_int("max_buckets", max_buckets, 1)
-        _require_positive("cleanup_interval", cleanup_interval)
-        _require_positive("window", window)
+        require_int("per_minute", per_minute, 1)
+        require_int("per_session", per_session, 1)
+        require_int("max_connections", max_connections, 1)
+        require_int("max_buckets", max_buckets, 1)
+        require_positive("cleanup_interval", cleanup_interval)
+        require_positive("window", window)
         self._window = SlidingWindow(limit=per_minute, window=window, max_keys=max_buckets)
         self._per_session = per_session
         self._max_connections = max_connections

@@ -14,26 +14,16 @@ seconds, after which the supervisor gives up and raises
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
+from ._checks import exception_leaves, require_non_negative
 from ._errors import CaptureFailed, InvalidSettings
 
 logger = logging.getLogger("bridge_actors.supervision")
-
-
-def _require_non_negative(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise InvalidSettings(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class RestartIntensity:
@@ -48,7 +38,7 @@ class RestartIntensity:
     def __init__(self, max_restarts: int, period: float) -> None:
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise InvalidSettings(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
-        _require_non_negative("period", period)
+        require_non_negative("period", period)
         if period == 0:
             raise InvalidSettings("period must be > 0, got 0")
         self.max_restarts = max_restarts
@@ -77,9 +67,9 @@ class Backoff:
     __slots__ = ("factor", "initial", "maximum")
 
     def __init__(self, initial: float, maximum: float, factor: float = 2.0) -> None:
-        _require_non_negative("backoff initial", initial)
-        _require_non_negative("backoff maximum", maximum)
-        _require_non_negative("backoff factor", factor)
+        require_non_negative("backoff initial", initial)
+        require_non_negative("backoff maximum", maximum)
+        require_non_negative("backoff factor", factor)
         if maximum < initial:
             raise InvalidSettings(
                 f"backoff maximum ({maximum!r}) must not be below backoff initial ({initial!r})"
@@ -114,20 +104,10 @@ class TargetReturned(Exception):
     """A supervised task returned although it should run until cancelled."""
 
 
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
-
-
 def describe(error: BaseException) -> str:
     """``repr`` of an error; a group is described by its leaves, which is where the cause is."""
     if isinstance(error, BaseExceptionGroup):
-        return f"{type(error).__name__}({', '.join(map(repr, _leaves(error)))})"
+        return f"{type(error).__name__}({', '.join(map(repr, exception_leaves(error)))})"
     return repr(error)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import gc
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +29,7 @@ from typing import Protocol
 import psutil
 import trio
 
+from ._checks import require_positive
 from ._errors import InvalidSettings
 
 logger = logging.getLogger("bridge_actors.warden")
@@ -43,25 +43,15 @@ class WardenTier(enum.IntEnum):
     CRITICAL = 2
 
 
-def _require_positive(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidSettings(f"{name} must be a finite number > 0, got {value!r}")
-
-
 class WardenPolicy:
     """Maps resident memory to a tier: ``elevated`` and ``critical`` are fractions of the limit."""
 
     __slots__ = ("critical", "elevated", "limit_mb")
 
     def __init__(self, limit_mb: float, elevated: float = 0.8, critical: float = 1.0) -> None:
-        _require_positive("limit_mb", limit_mb)
-        _require_positive("elevated", elevated)
-        _require_positive("critical", critical)
+        require_positive("limit_mb", limit_mb)
+        require_positive("elevated", elevated)
+        require_positive("critical", critical)
         if elevated > critical:
             raise InvalidSettings(
                 f"elevated ({elevated!r}) must not be above critical ({critical!r})"
@@ -165,7 +155,7 @@ class MemoryWarden:
         probe: Callable[[], MemorySample] | None = None,
         policy: WardenPolicy | None = None,
     ) -> None:
-        _require_positive("interval", interval)
+        require_positive("interval", interval)
         if policy is None:
             policy = WardenPolicy(limit_mb)
         elif policy.limit_mb != limit_mb:

@@ -1,0 +1,43 @@
+"""Argument checks shared by the actors' constructors, and exception-group helpers."""
+
+from __future__ import annotations
+
+import math
+
+from ._errors import InvalidSettings
+
+
+def require_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSettings(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _require_number(name: str, value: float, *, allow_zero: bool) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidSettings(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def require_positive(name: str, value: float) -> None:
+    _require_number(name, value, allow_zero=False)
+
+
+def require_non_negative(name: str, value: float) -> None:
+    _require_number(name, value, allow_zero=True)
+
+
+def exception_leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The non-group exceptions inside a (nested) exception group, in order."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(exception_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
