@@ -89,9 +89,16 @@ class CaptureService:
     """The actor capturing one device. Also the FrameSink its backend publishes into."""
 
     def __init__(
-        self, device: DeviceInfo, backend: DeviceBackend, config: CaptureConfig, input_seq
+        self,
+        device: DeviceInfo,
+        backend: DeviceBackend,
+        config: CaptureConfig,
+        input_seq,
+        *,
+        predecessor: CaptureService | None = None,
     ) -> None:
         self.device = device
+        self._predecessor = predecessor
         self.backend = backend
         self.config = config
         self._input_seq = input_seq
@@ -201,6 +208,11 @@ class CaptureService:
             self.done.set()
 
     async def _capture_once(self) -> None:
+        if self._predecessor is not None:
+            # One capture per device at a time: a device's tools (idb, a camera) may
+            # not take two readers, so wait for the one still stopping.
+            await self._predecessor.done.wait()
+            self._predecessor = None
         await self.backend.capture(self.device, self, fps=self.config.fps)
 
     async def _stop_when_idle(self) -> None:
@@ -274,25 +286,28 @@ class CapturePool:
     def get(self, udid: str) -> CaptureService | None:
         return self._services.get(udid)
 
-    async def _service_for(
-        self, device: DeviceBackend, info: DeviceInfo, input_seq
-    ) -> CaptureService:
-        service = self._services.get(info.udid)
-        if service is not None and service.accepting:
+    def _service_for(self, backend: DeviceBackend, info: DeviceInfo, input_seq) -> CaptureService:
+        """The device's running capture, or a new one. Never awaits: the caller attaches
+        its viewer in the same step, so no one (idle timer, memory warden) can ever see
+        a capture that is starting for a viewer as idle."""
+        current = self._services.get(info.udid)
+        if current is not None and current.accepting:
             self.reuses += 1
-            return service
+            return current
         if not self._admission:
             raise ServerBusy("memory is critical: no new capture may start")
         assert self._nursery is not None, "CapturePool is not running"
-        service = CaptureService(info, device, self.config, input_seq)
+        service = CaptureService(info, backend, self.config, input_seq, predecessor=current)
         self._services[info.udid] = service
         self.services_created += 1
-        await self._nursery.start(self._run_service, service)
+        # Started in the pool's nursery, not in the viewer's task: a viewer that leaves
+        # at once cannot take the capture down with it.
+        self._nursery.start_soon(self._run_service, service)
         return service
 
-    async def _run_service(self, service: CaptureService, *, task_status) -> None:
+    async def _run_service(self, service: CaptureService) -> None:
         try:
-            await service.run(task_status=task_status)
+            await service.run()
         finally:
             if self._services.get(service.device.udid) is service:
                 del self._services[service.device.udid]
@@ -309,7 +324,8 @@ class CapturePool:
         ``input_seq`` is a zero-argument callable giving the device's last applied
         control number; frames carry it.
         """
-        service = await self._service_for(backend, device, input_seq)
+        await trio.lowlevel.checkpoint()
+        service = self._service_for(backend, device, input_seq)
         self.attaches += 1
         viewer = service.attach(max_fps=max_fps)
         try:

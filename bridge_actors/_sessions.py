@@ -16,10 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import outcome
 import trio
 
 from ._backend import Configurations, ControlEvent, DeviceBackend, DeviceInfo
-from ._errors import BadInput, DeviceError, SessionNotFound
+from ._errors import BadInput, BridgeError, DeviceError, SessionNotFound
 from ._lifeline import Lifeline
 from ._logstream import LogStream
 from ._persist import SessionStore
@@ -278,6 +279,9 @@ class SessionRegistry:
             raise BadInput("device_type", "is required")
         if not isinstance(ios_version, str) or not ios_version.strip():
             raise BadInput("ios_version", "is required")
+        return await self._detached(self._create, device_type, ios_version)
+
+    async def _create(self, device_type: str, ios_version: str) -> Session:
         backend = await self._backend_for(device_type)
         device = await backend.create_device(device_type, ios_version)
         session = await self._start(secrets.token_hex(16), device, backend)
@@ -285,6 +289,32 @@ class SessionRegistry:
         log.info("created session %s (%s, %s)", session.session_id, device_type, ios_version)
         await self.save()
         return session
+
+    async def _detached(self, work, *args):
+        """Run ``work`` in the registry's own nursery and wait for its result.
+
+        Creating or deleting a device must finish once begun: a caller that gives
+        up (an HTTP client that disconnects) stops waiting, never the work, so no
+        device is left running without a session, nor a session without a device.
+        """
+        assert self._nursery is not None, "SessionRegistry is not running"
+        finished = trio.Event()
+        result: outcome.Outcome | None = None
+
+        async def run() -> None:
+            nonlocal result
+            try:
+                result = outcome.Value(await work(*args))
+            except Exception as exc:
+                result = outcome.Error(exc)
+            finally:
+                finished.set()
+
+        self._nursery.start_soon(run)
+        await finished.wait()
+        if result is None:
+            raise BridgeError("the bridge is shutting down")
+        return result.unwrap()
 
     async def _start(
         self,
@@ -295,8 +325,8 @@ class SessionRegistry:
     ) -> Session:
         assert self._nursery is not None, "SessionRegistry is not running"
         session = Session(session_id, device, backend, created_at=created_at)
-        self._sessions[session_id] = session
         await self._nursery.start(session.run)
+        self._sessions[session_id] = session  # only once running: its log stream exists
         return session
 
     async def delete(self, session_id: str) -> None:
@@ -304,6 +334,9 @@ class SessionRegistry:
         if session is None:
             raise SessionNotFound(session_id)
         session.end()
+        await self._detached(self._tear_down, session)
+
+    async def _tear_down(self, session: Session) -> None:
         if self._on_session_end is not None:
             await self._on_session_end(session)
         await session.done.wait()
@@ -313,7 +346,7 @@ class SessionRegistry:
                 await session.backend.delete_device(session.device)
         except (DeviceError, OSError, trio.TooSlowError) as exc:
             log.warning("could not delete device %s: %r", session.device.udid, exc)
-        log.info("deleted session %s", session_id)
+        log.info("deleted session %s", session.session_id)
         await self.save()
 
     async def delete_all(self) -> int:
