@@ -329,7 +329,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
         return Response(
             data,
             content_type=SCREENSHOT_TYPES[fmt],
-            headers={"Content-Disposition": f"attachment; filename={filename}"},
+            headers={"Content-Disposition": f"attachment; filename={_header_token(filename)}"},
         )
 
     @app.post("/api/sessions/<session_id>/recording/start")
@@ -490,11 +490,16 @@ def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:
     return out.getvalue()
 
 
+def _header_token(filename: str) -> str:
+    """The filename as ios-bridge sends it (bare), quoted only when it holds a space."""
+    return f'"{filename}"' if " " in filename else filename
+
+
 async def _is_accessible(session) -> bool:
     with trio.move_on_after(ACCESS_CHECK_TIMEOUT):
         try:
             return bool(await session.backend.is_accessible(session.device))
-        except DeviceError:
+        except (DeviceError, OSError):
             return False
     return False
 

@@ -210,8 +210,13 @@ async def serve(
         sock.close()
         raise
     bound_host, bound_port = sock.getsockname()[:2]
+    try:
+        app = create_app(bridge)
+    except BaseException:
+        sock.close()
+        raise
     fd = sock.detach()  # Hypercorn owns it from here (and closes it when it stops listening)
-    server = _Server(bridge, create_app(bridge), bound_port)
+    server = _Server(bridge, app, bound_port)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)

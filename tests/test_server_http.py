@@ -312,3 +312,11 @@ async def test_the_viewer_files_are_revalidated_on_every_load(server):
         response = await server.http.get(path)
         assert response.status_code == 200
         assert "max-age=0" in response.headers["cache-control"]
+
+
+async def test_a_download_name_with_spaces_is_quoted(server):
+    response = await server.http.post(
+        f"/api/sessions/{server.session_id}/screenshot/download", data={"filename": "my shot.jpg"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == 'attachment; filename="my shot.jpg"'
