@@ -29,6 +29,7 @@ from quart import Response, has_request_context, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ._abort import StuckSockets
 from ._backend import Screenshot
 from ._bridge import Bridge
 from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
@@ -78,10 +79,14 @@ class AppState:
     bridge: Bridge
     sockets: OpenSockets
     creations: SlidingWindow
+    stuck: StuckSockets
     creations_refused: int = 0
 
     def extra_metrics(self) -> dict[str, float]:
-        return {"session_creations_refused": self.creations_refused}
+        return {
+            "session_creations_refused": self.creations_refused,
+            "stuck_connections_reset": self.stuck.reset,
+        }
 
 
 def app_state(app: QuartTrio) -> AppState:
@@ -105,10 +110,11 @@ def create_app(bridge: Bridge) -> QuartTrio:
         bridge=bridge,
         sockets=OpenSockets(),
         creations=SlidingWindow(limit=settings.create_sessions_per_minute, window=60.0),
+        stuck=StuckSockets(),
     )
     app.extensions["bridge_actors"] = state
     registry = make_registry(bridge, state.extra_metrics)
-    sockets = SocketHandlers(bridge, state.sockets)
+    sockets = SocketHandlers(bridge, state.sockets, state.stuck)
 
     _register_error_handlers(app)
 

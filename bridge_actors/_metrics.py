@@ -50,6 +50,12 @@ class BridgeCollector(Collector):
                 "Session creations refused by the per-address limit.",
                 extra.get("session_creations_refused", 0),
             )
+            yield _counter(
+                "bridge_stuck_connections_reset",
+                "Connections reset because their handler stayed blocked in a send after it"
+                " was told to end.",
+                extra.get("stuck_connections_reset", 0),
+            )
 
     def _connections(self, stats) -> Iterator[Metric]:
         limiter = stats.rate_limiter

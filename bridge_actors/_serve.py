@@ -19,18 +19,16 @@ Two things Hypercorn cannot do for us:
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import psutil
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from ._abort import abort_connections
 from ._app import app_state, create_app
 from ._bridge import Bridge
 from ._settings import Settings
@@ -86,38 +84,6 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.graceful_timeout = settings.shutdown_grace * HYPERCORN_GRACE_SHARE
     config.include_server_header = False
     return config
-
-
-def abort_connections(port: int) -> int:
-    """Shut down every connection this process accepted on ``port``; returns how many.
-
-    The last resort of shutdown: a send blocked on a client that stopped reading
-    (inside Hypercorn's shielded scope) wakes up with an error at once. Blocking
-    (it reads /proc); call it in a thread.
-    """
-    aborted = 0
-    for connection in psutil.Process().net_connections(kind="tcp"):
-        if (
-            connection.fd < 0
-            or not connection.raddr
-            or not connection.laddr
-            or connection.laddr.port != port
-        ):
-            continue
-        try:
-            duplicate = socket.socket(fileno=os.dup(connection.fd))
-        except OSError:
-            continue  # closed since it was listed
-        with duplicate:
-            try:
-                if duplicate.getsockname()[1] != port:
-                    continue  # the descriptor was reused since it was listed
-                duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                duplicate.shutdown(socket.SHUT_RDWR)
-                aborted += 1
-            except OSError:
-                continue
-    return aborted
 
 
 async def ensure_initial_session(bridge: Bridge) -> None:
@@ -220,6 +186,7 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
+            await nursery.start(app_state(app).stuck.run, bound_port)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings, fd)))
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))

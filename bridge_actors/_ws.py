@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from quart import websocket
 
+from ._abort import StuckSockets
 from ._backend import Frame, LogLine, Screenshot, parse_control
 from ._bridge import Bridge
 from ._errors import (
@@ -39,6 +40,7 @@ from ._errors import (
     SessionNotFound,
     ViewerEvicted,
 )
+from ._lifeline import Lifeline
 
 log = logging.getLogger("bridge_actors.ws")
 
@@ -316,25 +318,34 @@ class OpenSockets:
 
 # --- the handlers -----------------------------------------------------------------------------
 
-Body = Callable[[Any, str], Awaitable[None]]
+Guard = Callable[[Lifeline], None]
+Body = Callable[[Any, str, Guard], Awaitable[None]]
 
 
 class SocketHandlers:
     """The session WebSockets of one app, sharing its bridge and its OpenSockets."""
 
-    def __init__(self, bridge: Bridge, sockets: OpenSockets) -> None:
+    def __init__(self, bridge: Bridge, sockets: OpenSockets, stuck: StuckSockets) -> None:
         self.bridge = bridge
         self.sockets = sockets
+        self.stuck = stuck
 
     async def _serve(self, kind: str, session_id: str, body: Body) -> None:
         ws = websocket._get_current_object()
         await ws.accept()
+        finished = trio.Event()
+        peer = _peer(ws)
+
+        def guard(lifeline: Lifeline) -> None:
+            lifeline.on_cut(lambda: self.stuck.watch(peer, finished))
+
         try:
             close = Close(NORMAL, "")
             with self.sockets.track(kind) as shutdown:
                 try:
-                    async with self.bridge.connect(session_id, kind, _client_ip(ws)):
-                        await body(ws, session_id)
+                    async with self.bridge.connect(session_id, kind, _client_ip(ws)) as connection:
+                        guard(connection.lifeline)
+                        await body(ws, session_id, guard)
                 except BaseException as exc:
                     mapped = close_for(exc)
                     if mapped is None:
@@ -351,6 +362,8 @@ class SocketHandlers:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
                     await _close(ws, Close(GOING_AWAY, "server shutting down"))
             raise
+        finally:
+            finished.set()
         await _close(ws, close)
 
     # -- video --
@@ -362,11 +375,12 @@ class SocketHandlers:
             await _refuse_bad_input(error)
             return
 
-        async def body(ws, sid: str) -> None:
+        async def body(ws, sid: str, guard: Guard) -> None:
             async with (
                 self.bridge.watch(sid, max_fps=max_fps) as viewer,
                 trio.open_nursery() as nursery,
             ):
+                guard(viewer.lifeline)
                 nursery.start_soon(_discard_incoming, ws)
                 if binary:
                     async for frame in viewer:
@@ -384,7 +398,7 @@ class SocketHandlers:
     # -- control --
 
     async def control(self, session_id: str) -> None:
-        async def body(ws, sid: str) -> None:
+        async def body(ws, sid: str, _guard: Guard) -> None:
             bad = 0
             while True:
                 message = await ws.receive()
@@ -412,7 +426,7 @@ class SocketHandlers:
     # -- screenshot --
 
     async def screenshot(self, session_id: str) -> None:
-        async def body(ws, sid: str) -> None:
+        async def body(ws, sid: str, _guard: Guard) -> None:
             await ws.send(await self._screenshot_text(sid))
             bad = 0
             while True:
@@ -447,7 +461,7 @@ class SocketHandlers:
         """WebRTC signalling is not served yet; a compatible viewer that asks is told so
         (its signalling reads ``{"type":"error","message"}``) instead of failing a handshake."""
 
-        async def body(ws, sid: str) -> None:
+        async def body(ws, sid: str, _guard: Guard) -> None:
             await ws.send(error_text(BadInput("webrtc", WEBRTC_UNSUPPORTED)))
 
         await self._serve("webrtc", session_id, body)
@@ -455,7 +469,7 @@ class SocketHandlers:
     # -- logs --
 
     async def logs(self, session_id: str) -> None:
-        async def body(ws, sid: str) -> None:
+        async def body(ws, sid: str, _guard: Guard) -> None:
             wanted = LogFilter()
             async with self.bridge.logs(sid) as subscription, trio.open_nursery() as nursery:
                 nursery.start_soon(_log_requests, ws, wanted)
@@ -526,6 +540,11 @@ async def _close(ws, close: Close) -> None:
     with contextlib.suppress(RuntimeError):  # already closed
         await ws.close(close.code, close_reason(close.reason))
     await trio.lowlevel.checkpoint()
+
+
+def _peer(ws) -> tuple[str, int] | None:
+    client = ws.scope.get("client")
+    return (client[0], client[1]) if client else None
 
 
 def _client_ip(ws) -> str:

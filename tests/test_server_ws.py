@@ -540,3 +540,23 @@ def test_log_filter():
         else:
             raise AssertionError(f"{bad} was accepted")
     assert wanted.text == "nothing like it"  # a refused update changes nothing
+
+
+async def test_an_evicted_viewer_stuck_in_a_send_is_reset_without_waiting_for_tcp(tmp_path):
+    # TCP_USER_TIMEOUT far away: only the eviction can free the stalled connection.
+    async with running_server(
+        tmp_path, fps=30, viewer_deadline=0.5, tcp_user_timeout=600.0, jpeg_quality=95
+    ) as server:
+        created = await server.http.post(
+            "/api/sessions/create", data={"device_type": "iPad (simulated)", "ios_version": "18.0"}
+        )
+        sid = created.json()["session_id"]
+        async with stalled_viewer(server.host, server.port, f"/ws/{sid}/video?format=binary"):
+            await wait_until(lambda: active_connections_is(server, sid, 1))
+            connected_at = trio.current_time()
+            await wait_until(lambda: active_connections_is(server, sid, 0), within=20)
+            released_after = trio.current_time() - connected_at
+        # deadline 0.5 s + the stuck-send grace of 1 s, with room for a busy machine
+        assert released_after < 6
+        metrics = (await server.http.get("/metrics")).text
+        assert "bridge_stuck_connections_reset_total 1.0" in metrics
