@@ -197,6 +197,8 @@ async def serve(
                     await shutdown_trigger()
             finally:
                 server.begin_shutdown()
+            await server.served.wait()  # Hypercorn is done; what hung was aborted by reap
+            nursery.cancel_scope.cancel()  # the stuck-socket watcher has nothing left to watch
     except BaseExceptionGroup as group:
         # One plain exception out of the public API, as open_bridge does.
         cancelled, others = group.split(trio.Cancelled)
