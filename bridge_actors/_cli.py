@@ -18,6 +18,7 @@ import threading
 import typing
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -211,6 +212,12 @@ class _Watchdog:
 
 
 def _bench(argv: list[str]) -> int:
+    # The benchmarks live beside the package in a source checkout, not in the install.
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (root / "benchmarks" / "__main__.py").exists():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError as error:

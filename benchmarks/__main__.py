@@ -1,0 +1,315 @@
+"""``python -m benchmarks SCENARIO ...`` (also ``bridge-actors bench SCENARIO ...``).
+
+Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, and
+``standard`` (the set whose results RESULTS.md holds). By default each scenario
+starts its own server (``bridge-actors serve``, simulated backend, a free port
+on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
+running server instead, and only at a loopback one unless ``--allow-remote``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from . import _scenarios, _stress
+from ._load import Context, budget, guard
+from ._report import Reporter, Results
+from ._server import TargetRefused, check_url, raise_harness_priority
+
+SCENARIOS = ("fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "standard")
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
+STANDARD_FANOUT = [1, 10, 50, 100, 200]
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: viewer counts must be positive integers")
+    return counts
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form NAME=VALUE")
+    return name.strip().lower().replace("-", "_"), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Load the bridge with simulated clients and measure it.",
+    )
+    parser.add_argument("scenario", choices=SCENARIOS)
+    common = parser.add_argument_group("target and output")
+    common.add_argument("--url", help="a running server (http://host:port) instead of starting one")
+    common.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --url that is not a loopback address (a host you own)",
+    )
+    common.add_argument(
+        "--server-setting",
+        action="append",
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="a setting for the server the harness starts (field name, e.g. fps=15)",
+    )
+    common.add_argument("--format", choices=("json", "binary"), default="json")
+    common.add_argument(
+        "--client",
+        choices=("lean", "trio-websocket"),
+        default=None,
+        help="viewer implementation (default: lean for viewer loads, trio-websocket for churn)",
+    )
+    common.add_argument("--client-procs", type=_positive(int), help="client worker processes")
+    common.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help=f"directory for results, logs and plots (default {DEFAULT_RESULTS})",
+    )
+    common.add_argument("--no-progress", action="store_true", help="plain lines, no live bars")
+    common.add_argument("--no-plots", action="store_true")
+    common.add_argument(
+        "--quick",
+        action="store_true",
+        help="short settling pauses: checks that a scenario works, figures are rougher",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive(float),
+        help="hard limit per scenario, seconds (default: planned x2 + 60)",
+    )
+    load = parser.add_argument_group("scenario parameters")
+    load.add_argument(
+        "--viewers", type=_counts, help="fanout/ceiling: counts (default 1,10,50,100,200)"
+    )
+    load.add_argument(
+        "--devices", type=_positive(int), default=1, help="fanout: devices to spread over"
+    )
+    load.add_argument("--duration", type=_positive(float), default=10.0, help="measured seconds")
+    load.add_argument("--no-ceiling", action="store_true", help="fanout: skip the ceiling runs")
+    load.add_argument("--cycles", type=_positive(int), default=10_000, help="churn cycles")
+    load.add_argument("--concurrency", type=_positive(int), default=32, help="churn cycles at once")
+    load.add_argument("--bursts", type=_positive(int), default=3, help="flood bursts")
+    load.add_argument(
+        "--attempts", type=_positive(int), default=150, help="flood attempts per burst"
+    )
+    load.add_argument("--sources", type=_positive(int), default=4, help="flood source addresses")
+    load.add_argument("--stalled", type=_positive(int), default=5, help="slow: stalled viewers")
+    load.add_argument("--normal", type=_positive(int), default=50, help="slow: normal viewers")
+    load.add_argument(
+        "--deadline", type=_positive(float), default=3.0, help="slow: eviction deadline"
+    )
+    load.add_argument("--stall-window", type=_positive(float), help="slow: seconds with stalls")
+    load.add_argument("--taps", type=_positive(int), default=60, help="control: taps")
+    load.add_argument("--minutes", type=_positive(float), default=2.0, help="soak: minutes")
+    load.add_argument("--population", type=_positive(int), default=20, help="soak: viewers at once")
+    load.add_argument("--memory-viewers", type=_positive(int), default=1000)
+    load.add_argument("--viewer-fps", type=_positive(float), default=1.0, help="memory: ?fps=")
+    return parser
+
+
+def machine() -> dict[str, Any]:
+    memory = psutil.virtual_memory()
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(memory.total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def _revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+Plan = list[tuple[str, float, Callable[[], Awaitable[None]]]]
+
+
+def plan(ctx: Context, args: argparse.Namespace) -> Plan:
+    """(name, hard time limit, run) for each scenario this invocation runs."""
+    fmt = args.format
+    viewer_client = args.client or "lean"
+    churn_client = args.client or "trio-websocket"
+    d = args.duration
+    counts = args.viewers or STANDARD_FANOUT
+
+    def fanout_limit(points: int) -> float:
+        return budget(points * (d + 10) * (1 if args.no_ceiling else 2))
+
+    runs: dict[str, tuple[float, Callable[[], Awaitable[None]]]] = {
+        "fanout": (
+            fanout_limit(len(counts)),
+            partial(_scenarios.fanout, ctx, counts=counts, fmt=fmt, duration=d,
+                    devices=args.devices, client=viewer_client,
+                    with_ceiling=not args.no_ceiling),
+        ),
+        "ceiling": (
+            budget(len(counts) * (d + 10)),
+            partial(_scenarios.ceiling_only, ctx, counts=counts, fmt=fmt, duration=d,
+                    client=viewer_client),
+        ),
+        "churn": (
+            budget(args.cycles / 50 + 20),
+            partial(_stress.churn, ctx, cycles=args.cycles, concurrency=args.concurrency,
+                    fmt=fmt, client=churn_client),
+        ),
+        "flood": (
+            budget(args.bursts * 2 + 20),
+            partial(_stress.flood, ctx, bursts=args.bursts, attempts=args.attempts,
+                    sources=args.sources, fmt=fmt, client=viewer_client),
+        ),
+        "slow": (
+            budget(d + max(d, args.deadline + 10) + 30),
+            partial(_stress.slow, ctx, stalled=args.stalled, normal=args.normal,
+                    duration=d, deadline=args.deadline, stall_window=args.stall_window,
+                    fmt=fmt, client=viewer_client),
+        ),
+        "control": (
+            budget(args.taps * 0.3 + 20),
+            partial(_scenarios.control, ctx, taps=args.taps, fmt=fmt),
+        ),
+        "soak": (
+            budget(args.minutes * 60 + 20),
+            partial(_scenarios.soak, ctx, minutes=args.minutes, population=args.population,
+                    fmt=fmt, client=viewer_client),
+        ),
+        "memory": (
+            budget(args.memory_viewers / 20 + 30),
+            partial(_scenarios.memory, ctx, viewers=args.memory_viewers, fps=args.viewer_fps,
+                    duration=min(d, 5.0), fmt=fmt, client=viewer_client),
+        ),
+    }  # fmt: skip
+    if args.scenario != "standard":
+        limit, run = runs[args.scenario]
+        return [(args.scenario, args.timeout or limit, run)]
+    standard_fanout = partial(
+        _scenarios.fanout, ctx, counts=STANDARD_FANOUT,
+        formats=[("json", STANDARD_FANOUT), ("binary", [200])], duration=10.0,
+        client=viewer_client,
+    )  # fmt: skip
+    return [
+        ("fanout", budget(6 * 20 * 2), standard_fanout),
+        ("churn", *runs["churn"]),
+        ("flood", *runs["flood"]),
+        ("slow", *runs["slow"]),
+        ("control", *runs["control"]),
+        ("memory", *runs["memory"]),
+        ("soak", *runs["soak"]),
+    ]
+
+
+async def run(args: argparse.Namespace, reporter: Reporter, results: Results, log_dir: Path) -> int:
+    ctx = Context(args, reporter, results, log_dir)
+    problems = 0
+    for name, limit, scenario in plan(ctx, args):
+        problem = await guard(limit, name, scenario)
+        if problem is not None:
+            problems += 1
+            reporter.note(f"[bold red]{problem}[/]")
+            await results.write({"kind": "problem", "scenario": name, "problem": problem})
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one scenario (or the standard set); 0 when every scenario ran, 1 when one could not."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scenario == "standard":
+        args.duration, args.cycles, args.minutes = 10.0, 10_000, 2.0
+    args.base_url = None
+    if args.url:
+        try:
+            args.base_url = check_url(args.url, allow_remote=args.allow_remote)
+        except TargetRefused as refusal:
+            parser.error(str(refusal))
+    started = datetime.datetime.now().astimezone()
+    stem = f"{args.scenario}-{started:%Y%m%d-%H%M%S}"
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    results = Results(output / f"{stem}.jsonl")
+    log_dir = output / f"{stem}-logs"
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+    meta = {
+        "kind": "meta",
+        "scenario": args.scenario,
+        "started": started.isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine(),
+        "revision": _revision(),
+        "target": args.base_url or "a server started by the harness",
+        "harness_niceness": raise_harness_priority(),
+    }
+    with Reporter(progress=not args.no_progress) as reporter:
+        reporter.note(
+            f"[bold]{args.scenario}[/] on {meta['machine']['cores']} cores, "
+            f"{meta['machine']['ram_gb']} GB, Python {meta['machine']['python']}"
+            f" → {results.path}"
+        )
+        problems = trio.run(_run_with_meta, args, reporter, results, log_dir, meta)
+    results.print_summary(reporter.console)
+    markdown = output / f"{stem}.md"
+    header = (
+        f"# {args.scenario} — {started:%Y-%m-%d %H:%M %Z}\n\n"
+        f"Machine: {meta['machine']['cores']} cores, {meta['machine']['ram_gb']} GB RAM, "
+        f"Python {meta['machine']['python']}, {meta['machine']['platform']}; "
+        f"revision {meta['revision']}.\n\nCommand: `{command}`\n\n"
+    )
+    markdown.write_text(header + results.markdown())
+    if not args.no_plots and (results.loads or results.series):
+        from ._plots import draw
+
+        for path in draw(results, output / stem):
+            reporter.console.print(f"plot: {path}")
+    reporter.console.print(f"results: {results.path}\nsummary: {markdown}")
+    return 1 if problems else 0
+
+
+async def _run_with_meta(args, reporter, results, log_dir, meta) -> int:
+    await results.write(meta)
+    return await run(args, reporter, results, log_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
