@@ -29,7 +29,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from ._abort import abort_connections
-from ._app import app_state, create_app
+from ._app import ProbeFastPath, app_state, create_app
 from ._bridge import Bridge
 from ._settings import Settings
 
@@ -131,7 +131,10 @@ class _Server:
     async def run_hypercorn(self, config: Config, *, task_status) -> None:
         try:
             await hypercorn_serve(
-                self.app, config, shutdown_trigger=self.stop.wait, task_status=task_status
+                ProbeFastPath(self.app),
+                config,
+                shutdown_trigger=self.stop.wait,
+                task_status=task_status,
             )
         finally:
             self.served.set()

@@ -320,3 +320,13 @@ async def test_a_download_name_with_spaces_is_quoted(server):
     )
     assert response.status_code == 200
     assert response.headers["content-disposition"] == 'attachment; filename="my shot.jpg"'
+
+
+async def test_probes_answer_head_and_get_alike(server):
+    for path in ("/health", "/livez", "/readyz"):
+        got = await server.http.get(path)
+        head = await server.http.head(path)
+        assert got.status_code == head.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-length"] == str(len(got.content))
+        assert got.headers["cache-control"] == "no-store"
