@@ -21,6 +21,7 @@ import trio
 from ._backend import DeviceBackend, DeviceInfo, Frame
 from ._errors import CaptureFailed, CaptureStopped, ServerBusy
 from ._fanout import Fanout, FanoutStatistics, Viewer
+from ._rate import RateMeter
 from ._supervision import Supervisor, SupervisorStatistics
 
 log = logging.getLogger("bridge_actors.capture")
@@ -58,33 +59,6 @@ class CaptureStatistics:
     supervisor: SupervisorStatistics
 
 
-class _RateMeter:
-    """Events in the last second, from trio time, in O(1) memory per second."""
-
-    __slots__ = ("_count", "_previous", "_second")
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._count = 0
-        self._previous = 0
-
-    def add(self, now: float, n: int = 1) -> None:
-        second = int(now)
-        if second != self._second:
-            self._previous = self._count if second == self._second + 1 else 0
-            self._second = second
-            self._count = 0
-        self._count += n
-
-    def rate(self, now: float) -> float:
-        second = int(now)
-        if second == self._second:
-            return float(self._previous)
-        if second == self._second + 1:
-            return float(self._count)
-        return 0.0
-
-
 class CaptureService:
     """The actor capturing one device. Also the FrameSink its backend publishes into."""
 
@@ -118,8 +92,8 @@ class CaptureService:
         self.last_used = self.started_at
         self._seq = 0
         self._viewers_changed = trio.Event()
-        self._in = _RateMeter()
-        self._out = _RateMeter()
+        self._in = RateMeter()
+        self._out = RateMeter()
 
     # -- FrameSink --------------------------------------------------------------------------
 

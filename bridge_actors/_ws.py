@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +41,7 @@ from ._errors import (
     ViewerEvicted,
 )
 from ._lifeline import Lifeline
+from ._rate import RateMeter
 
 log = logging.getLogger("bridge_actors.ws")
 
@@ -48,7 +49,6 @@ __all__ = [
     "Close",
     "LogFilter",
     "OpenSockets",
-    "RecentRate",
     "SocketHandlers",
     "close_for",
     "normalize_control",
@@ -162,24 +162,6 @@ def screenshot_message(shot: Screenshot) -> dict[str, Any]:
         "point_height": shot.point_height,
         "format": shot.format,
     }
-
-
-class RecentRate:
-    """Events in the last ``window`` seconds (the ``fps`` of a video message)."""
-
-    __slots__ = ("_times", "window")
-
-    def __init__(self, window: float = 1.0) -> None:
-        self.window = window
-        self._times: deque[float] = deque()
-
-    def add(self, now: float) -> int:
-        """Count one event at ``now``; returns the count within the window, this one included."""
-        self._times.append(now)
-        horizon = now - self.window
-        while self._times[0] <= horizon:
-            self._times.popleft()
-        return len(self._times)
 
 
 class LogFilter:
@@ -382,16 +364,25 @@ class SocketHandlers:
             ):
                 guard(viewer.lifeline)
                 nursery.start_soon(_discard_incoming, ws)
+                # Each loop lets go of its frame before waiting for the next: a viewer
+                # capped at 1 fps would otherwise keep a whole frame alive for a second.
                 if binary:
                     async for frame in viewer:
-                        await ws.send(frame.binary)
+                        message = frame.binary
+                        del frame
+                        await ws.send(message)
+                        del message
                 else:
-                    rate = RecentRate()
+                    rate = RateMeter()
                     number = 0
                     async for frame in viewer:
                         number += 1
-                        fps = rate.add(trio.current_time())
-                        await ws.send(video_frame_text(frame, number, fps))
+                        now = trio.current_time()
+                        rate.add(now)
+                        text = video_frame_text(frame, number, round(rate.rate(now)))
+                        del frame
+                        await ws.send(text)
+                        del text
 
         await self._serve("video", session_id, body)
 

@@ -34,7 +34,6 @@ from bridge_actors._ws import (
     MAX_BAD_MESSAGES,
     Close,
     LogFilter,
-    RecentRate,
     close_for,
     close_reason,
     video_frame_text,
@@ -509,13 +508,6 @@ def test_video_frame_text_is_json_in_protocol_order():
         "seq": 7,
         "input_seq": 2,
     }
-
-
-def test_recent_rate_counts_the_last_second():
-    rate = RecentRate()
-    assert [rate.add(t) for t in (0.0, 0.5, 0.9)] == [1, 2, 3]
-    assert rate.add(1.2) == 3  # 0.0 left the window
-    assert rate.add(5.0) == 1
 
 
 def test_log_filter():
