@@ -100,6 +100,7 @@ class Bridge:
         self.client_disconnections = 0
         self.started = False
         self.draining = False
+        self.final_statistics: dict[str, Any] | None = None
 
     async def _session_ended(self, session: Session) -> None:
         done = self.pool.stop_device(session.device.udid, "session deleted")
@@ -312,12 +313,8 @@ async def open_bridge(
                 bridge.begin_drain()
                 with trio.move_on_after(settings.shutdown_grace, shield=True):
                     await bridge.registry.save()
-                # Logged whatever the level: the last word on what this run did.
-                log.log(
-                    max(logging.INFO, log.getEffectiveLevel()),
-                    "final statistics: %s",
-                    bridge.resource_stats(),
-                )
+                bridge.final_statistics = bridge.resource_stats()
+                log.info("final statistics: %s", bridge.final_statistics)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaves = exception_leaves(group)

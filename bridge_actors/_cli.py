@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -185,6 +186,8 @@ async def run_server(settings: Settings) -> None:
                     break
                 watchdog.start()
                 stop.set()
+            # The last word on what this run did, whatever the log level.
+            announce(f"final statistics: {json.dumps(bridge.final_statistics)}")
     finally:
         watchdog.cancel()
     log.info("stopped")
