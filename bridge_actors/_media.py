@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from av.video.reformatter import VideoReformatter
 from ._backend import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
 from ._errors import BadInput, DeviceError, InvalidSettings
 from ._jpeg import JpegEncoder, qscale_for_quality
+from ._settings import mask_password
 from ._sourcestats import SourceMeter, SourceStatistics
 
 BACKEND_NAME = "media"
@@ -83,17 +83,6 @@ class MediaSource:
     def display(self) -> str:
         """The spec with any password in a URL replaced by ``***``."""
         return mask_password(self.spec)
-
-
-def mask_password(spec: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(spec)
-    except ValueError:
-        return spec
-    if parts.password is None:
-        return spec
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def parse_source(spec: str) -> MediaSource:

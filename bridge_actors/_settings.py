@@ -319,12 +319,13 @@ class Settings(pydantic.BaseModel):
         """JSON-safe values for ``/stats`` and the start-up log; passwords in URLs are masked."""
         described = self.model_dump(mode="json")
         described["media_sources"] = {
-            name: _mask_password(source) for name, source in self.media_sources.items()
+            name: mask_password(source) for name, source in self.media_sources.items()
         }
         return described
 
 
-def _mask_password(source: str) -> str:
+def mask_password(source: str) -> str:
+    """A URL as it may be shown: any password replaced by ``***``."""
     try:
         parts = urllib.parse.urlsplit(source)
     except ValueError:
