@@ -126,14 +126,14 @@ class ProbeFastPath:
     def __init__(self, app: QuartTrio) -> None:
         self.app = app
         state = app_state(app)
-        self._probes: dict[str, Callable[[], tuple[dict[str, Any], int]]] = {
+        self.probes: dict[str, Callable[[], tuple[dict[str, Any], int]]] = {
             "/health": lambda: (health_report(state.bridge), 200),
             "/livez": lambda: ({"status": "ok"}, 200),
             "/readyz": lambda: readiness_report(state),
         }
 
     async def __call__(self, scope, receive, send) -> None:
-        probe = self._probes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        probe = self.probes.get(scope.get("path", "")) if scope["type"] == "http" else None
         if probe is None or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return

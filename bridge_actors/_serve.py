@@ -25,13 +25,13 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from ._abort import abort_connections
 from ._app import ProbeFastPath, app_state, create_app
 from ._bridge import Bridge
 from ._settings import Settings
+from ._worker import worker_serve
 
 log = logging.getLogger("bridge_actors.server")
 
@@ -74,9 +74,8 @@ async def open_listening_socket(
     return sock
 
 
-def hypercorn_config(settings: Settings, fd: int) -> Config:
+def hypercorn_config(settings: Settings) -> Config:
     config = Config()
-    config.bind = [f"fd://{fd}"]
     config.backlog = BACKLOG
     config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -110,10 +109,11 @@ def _version_key(version: str) -> tuple[int, ...]:
 class _Server:
     """One running server: its app, its socket, and the shutdown sequence."""
 
-    def __init__(self, bridge: Bridge, app: QuartTrio, port: int) -> None:
+    def __init__(self, bridge: Bridge, app: QuartTrio, listener: socket.socket) -> None:
         self.bridge = bridge
         self.app = app
-        self.port = port
+        self.listener = listener
+        self.port = listener.getsockname()[1]
         self.stop = trio.Event()
         self.served = trio.Event()
         self.abort_at: float | None = None
@@ -129,10 +129,13 @@ class _Server:
         self.stop.set()
 
     async def run_hypercorn(self, config: Config, *, task_status) -> None:
+        front = ProbeFastPath(self.app)
         try:
-            await hypercorn_serve(
-                ProbeFastPath(self.app),
+            await worker_serve(
+                front,
                 config,
+                [self.listener],
+                front.probes,
                 shutdown_trigger=self.stop.wait,
                 task_status=task_status,
             )
@@ -184,13 +187,12 @@ async def serve(
     except BaseException:
         sock.close()
         raise
-    fd = sock.detach()  # Hypercorn owns it from here (and closes it when it stops listening)
-    server = _Server(bridge, app, bound_port)
+    server = _Server(bridge, app, sock)  # closed when the server stops listening
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
             await nursery.start(app_state(app).stuck.run, bound_port)
-            await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings, fd)))
+            await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))
             try:
