@@ -314,7 +314,7 @@ async def open_bridge(
                 with trio.move_on_after(settings.shutdown_grace, shield=True):
                     await bridge.registry.save()
                 bridge.final_statistics = bridge.resource_stats()
-                log.info("final statistics: %s", bridge.final_statistics)
+                log.debug("final statistics: %s", bridge.final_statistics)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaves = exception_leaves(group)
