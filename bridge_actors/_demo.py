@@ -18,15 +18,13 @@ from ._errors import BridgeError
 from ._settings import Settings, load_settings
 
 
-async def _viewer(bridge, sid: str, counts: list[int], index: int, seqs: list[set[int]]) -> None:
+async def _viewer(bridge, sid: str, seqs: set[int]) -> None:
     async with bridge.watch(sid) as viewer:
         async for frame in viewer:
-            counts[index] += 1
-            seqs[index].add(frame.seq)
+            seqs.add(frame.seq)
 
 
 async def run_demo(settings: Settings, viewers: int, seconds: float) -> dict:
-    counts = [0] * viewers
     seqs: list[set[int]] = [set() for _ in range(viewers)]
     async with open_bridge(settings) as bridge:
         config = await bridge.configurations()
@@ -34,15 +32,15 @@ async def run_demo(settings: Settings, viewers: int, seconds: float) -> dict:
         sid = session.session_id
         async with trio.open_nursery() as nursery:
             for i in range(viewers):
-                nursery.start_soon(_viewer, bridge, sid, counts, i, seqs)
+                nursery.start_soon(_viewer, bridge, sid, seqs[i])
             await trio.sleep(0.5)  # let every viewer attach before counting
             service = bridge.pool.get(session.device.udid)
-            start_seq = service._seq if service else 0
+            start_seq = service.statistics().frames_in if service else 0
             start_counts = [len(s) for s in seqs]
             for tap in range(int(seconds)):
                 await bridge.control(sid, {"t": "tap", "x": 40 + 30 * tap, "y": 400})
                 await trio.sleep(seconds / max(1, int(seconds)))
-            end_seq = service._seq if service else 0
+            end_seq = service.statistics().frames_in if service else 0
             end_counts = [len(s) for s in seqs]
             stats = bridge.statistics()
             nursery.cancel_scope.cancel()
