@@ -82,6 +82,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.websocket_max_message_size = settings.max_message_bytes
     config.graceful_timeout = settings.shutdown_grace * HYPERCORN_GRACE_SHARE
     config.include_server_header = False
+    config.keep_alive_timeout = settings.keep_alive_timeout
     return config
 
 
@@ -137,6 +138,8 @@ class _Server:
                 [self.listener],
                 front.probes,
                 shutdown_trigger=self.stop.wait,
+                header_timeout=self.bridge.settings.header_timeout,
+                body_timeout=self.bridge.settings.body_timeout,
                 task_status=task_status,
             )
         finally:

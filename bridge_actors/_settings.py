@@ -214,6 +214,17 @@ class Settings(pydantic.BaseModel):
         65536, ge=1024, description="largest WebSocket message a client may send"
     )
     max_body_bytes: int = pydantic.Field(1048576, ge=1024, description="largest HTTP request body")
+    keep_alive_timeout: float = pydantic.Field(
+        5.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open"
+    )
+    header_timeout: float = pydantic.Field(
+        10.0, gt=0, description="seconds a client may take to send a request's headers"
+    )
+    body_timeout: float = pydantic.Field(
+        10.0,
+        gt=0,
+        description="seconds a request body may pause before the request is refused with 408",
+    )
     tcp_user_timeout: float = pydantic.Field(
         10.0,
         gt=0,

@@ -5,28 +5,28 @@ every request then takes its turn with everything else: behind a burst of
 hundreds of connection attempts, a health probe waits for the whole burst. Here
 each round drains the accept queue, and a complete ``GET /health`` (``/livez``,
 ``/readyz``) already waiting on a new connection is answered on the spot, before
-the connection would join the round-robin. Everything else goes to Hypercorn's
-TCPServer exactly as its worker would hand it over.
+the connection would join the round-robin. Everything else goes to a
+:class:`~bridge_actors._connection.Connection` (Hypercorn's TCPServer with read
+deadlines) exactly as Hypercorn's worker would hand it over.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
+
+from ._connection import CompleteResponses, Connection, json_response_bytes
 
 log = logging.getLogger("bridge_actors.server")
 
@@ -50,19 +50,13 @@ def probe_request(data: bytes, probes: dict[str, Probe]) -> tuple[str, str, int]
         return None
     if b"content-length" in data[:end].lower() or b"transfer-encoding" in data[:end].lower():
         return None  # a body we would have to read: leave it to Hypercorn
+    if len(data) > end + 4:
+        return None  # pipelined requests behind it: closing would reset them
     return request_line[0].decode(), path, end + 4
 
 
 def probe_response(method: str, body: dict[str, Any], status: int) -> bytes:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(payload)}\r\n"
-        "cache-control: no-store\r\n"
-        "connection: close\r\n\r\n"
-    ).encode()
-    return head + (payload if method == "GET" else b"")
+    return json_response_bytes(status, body, head_only=method == "HEAD")
 
 
 def _answer_probe_at_once(conn: socket.socket, probes: dict[str, Probe]) -> bool:
@@ -117,12 +111,14 @@ async def worker_serve(
     probes: dict[str, Probe],
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    header_timeout: float,
+    body_timeout: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``listeners`` (bound, listening, non-blocking) the way
     ``hypercorn.trio.serve`` does, with the accept loop above."""
     config.set_statsd_logger_class(StatsdLogger)
-    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    wrapped = wrap_app(CompleteResponses(app), config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
@@ -134,8 +130,14 @@ async def worker_serve(
             async def handle(conn: socket.socket) -> None:
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 try:
-                    server = TCPServer(
-                        wrapped, config, context, ConnectionState(lifespan_state.copy()), stream
+                    server = Connection(
+                        wrapped,
+                        config,
+                        context,
+                        ConnectionState(lifespan_state.copy()),
+                        stream,
+                        header_timeout=header_timeout,
+                        body_timeout=body_timeout,
                     )
                     await server.run()
                 finally:
