@@ -14,6 +14,15 @@ Two things Hypercorn's trio ``TCPServer`` does not do for us on its own:
   :class:`CompleteResponses` shields the one ``send`` that ends a response. The
   transport write inside it is shielded by Hypercorn already; what the shield adds
   is the bookkeeping after it, which never blocks.
+* **An event for the app must never wait forever.** Hypercorn hands each request's
+  events to the app through a bounded queue and waits while it is full. A client
+  that sends faster than the app reads fills it; when that client then breaks,
+  Hypercorn learns it inside the app's own ``send`` and waits there to queue the
+  ``disconnect``, behind messages that only this very task would read: the
+  handler, its slot and its descriptor stay forever (a "ghost"). In an
+  :class:`AppQueue` a disconnect never waits and overtakes what is queued (the
+  client is gone: nobody will read answers to its messages), and once the app has
+  returned nothing waits for it any more.
 * **A client must not hold a connection by sending slowly.** Hypercorn has one
   ``read_timeout`` for every read, which would also cut WebSocket viewers that
   only listen. :class:`ReadDeadline` decides per read, from the HTTP/1.1 parser's
@@ -25,9 +34,12 @@ Two things Hypercorn's trio ``TCPServer`` does not do for us on its own:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import logging
 import math
+from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -35,10 +47,18 @@ from typing import Any
 import h11
 import trio
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
+
+log = logging.getLogger("bridge_actors.server")
 
 __all__ = [
+    "AppQueue",
+    "AppQueueStatistics",
     "CompleteResponses",
     "Connection",
     "ReadDeadline",
@@ -81,6 +101,113 @@ class CompleteResponses:
                 await send(message)
 
         await self.app(scope, receive, send_to_the_end)
+
+
+DISCONNECTS = frozenset({"http.disconnect", "websocket.disconnect"})
+
+
+@dataclass(frozen=True, slots=True)
+class AppQueueStatistics:
+    queued: int
+    max_size: int
+    disconnected: bool
+    finished: bool
+    waiting_to_put: int
+    dropped: int
+
+
+class AppQueue:
+    """The events Hypercorn passes to one ASGI app call, bounded, with disconnects first.
+
+    ``put`` waits while ``max_size`` events are queued, which is what slows a
+    client down to the pace its app reads at; a disconnect is never made to wait,
+    and from the moment it is queued ``receive`` returns it before anything else.
+    After :meth:`finish` (the app returned) ``put`` drops what it is given.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._events: deque[dict[str, Any]] = deque()
+        self._disconnect: dict[str, Any] | None = None
+        self._finished = False
+        self._dropped = 0
+        self._can_put = trio.lowlevel.ParkingLot()
+        self._can_receive = trio.lowlevel.ParkingLot()
+
+    async def put(self, event: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if event["type"] in DISCONNECTS:
+            self._dropped += len(self._events)
+            self._events.clear()
+            self._disconnect = event
+            self._can_receive.unpark_all()
+            self._can_put.unpark_all()
+        else:
+            while self._is_full():
+                await self._can_put.park()
+            if self._finished or self._disconnect is not None:
+                self._dropped += 1
+            else:
+                self._events.append(event)
+                self._can_receive.unpark()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _is_full(self) -> bool:
+        accepting = not self._finished and self._disconnect is None
+        return accepting and len(self._events) >= self.max_size
+
+    async def receive(self) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._events and self._disconnect is None:
+            await self._can_receive.park()
+        if self._disconnect is not None:
+            event = self._disconnect
+        else:
+            event = self._events.popleft()
+            self._can_put.unpark()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return event
+
+    def finish(self) -> None:
+        """The app returned: nothing it was given will be read, and nothing may wait on it."""
+        self._finished = True
+        self._dropped += len(self._events)
+        self._events.clear()
+        self._can_put.unpark_all()
+
+    def statistics(self) -> AppQueueStatistics:
+        return AppQueueStatistics(
+            queued=len(self._events),
+            max_size=self.max_size,
+            disconnected=self._disconnect is not None,
+            finished=self._finished,
+            waiting_to_put=len(self._can_put),
+            dropped=self._dropped,
+        )
+
+
+class _AppTaskGroup(TaskGroup):
+    """Hypercorn's task group, with an :class:`AppQueue` between each app and its events."""
+
+    async def spawn_app(self, app, config, scope, send):
+        queue = AppQueue(config.max_app_queue_size)
+
+        async def run_app() -> None:
+            try:
+                await _handle(
+                    app,
+                    config,
+                    scope,
+                    queue.receive,
+                    send,
+                    trio.to_thread.run_sync,
+                    trio.from_thread.run,
+                )
+            finally:
+                queue.finish()
+
+        self.spawn(run_app)
+        return queue.put
 
 
 class ReadPhase(enum.Enum):
@@ -141,16 +268,55 @@ class ReadDeadline:
 
 
 class Connection(TCPServer):
-    """Hypercorn's TCPServer with the read deadlines above.
+    """Hypercorn's TCPServer (plain TCP) with app queues and read deadlines.
 
-    Only the read loop differs from Hypercorn's: before each read it asks the
-    deadline how long the client may take, and when that runs out it answers 408
-    (the client is still sending, so it is still there to read it) and closes.
+    It differs from Hypercorn's in two places: the task group gives every app an
+    :class:`AppQueue`, and before each read the loop asks the deadline how long
+    the client may take; when that runs out it answers 408 (the client is still
+    sending, so it is still there to read it) and closes.
     """
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float) -> None:
         super().__init__(*args)
         self.read_deadline = ReadDeadline(header_timeout, body_timeout)
+
+    async def run(self) -> None:
+        socket = self.stream.socket
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with _AppTaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        except Exception:
+            # A client can drive Hypercorn's protocol code into errors of its own (say, WebSocket
+            # data before the handshake is answered): that ends this connection, not the server.
+            log.warning("connection from %s ended by an error", self._peer(), exc_info=True)
+        finally:
+            await self._close()
+
+    def _peer(self) -> str:
+        try:
+            host, port = self.stream.socket.getpeername()[:2]
+        except OSError:
+            return "a client that left"
+        return f"{host}:{port}"
 
     async def _read_data(self) -> None:
         protocol = self.protocol.protocol
@@ -181,7 +347,5 @@ class Connection(TCPServer):
         response = json_response_bytes(408, {"success": False, "detail": detail})
         with trio.move_on_after(1):
             async with self.send_lock:
-                try:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.stream.send_all(response)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass

@@ -10,7 +10,13 @@ PROBES = {"/health": lambda: ({"status": "healthy"}, 200), "/readyz": lambda: ({
 def test_a_whole_probe_request_is_recognised_with_its_length():
     data = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     assert probe_request(data, PROBES) == ("GET", "/health", len(data))
-    assert probe_request(b"HEAD /readyz HTTP/1.0\r\n\r\nextra", PROBES) == ("HEAD", "/readyz", 25)
+    assert probe_request(b"HEAD /readyz HTTP/1.0\r\n\r\n", PROBES) == ("HEAD", "/readyz", 25)
+
+
+def test_a_probe_with_pipelined_requests_behind_it_is_left_to_the_server():
+    # Answering it alone and closing would reset the connection under the requests behind it.
+    data = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert probe_request(data, PROBES) is None
 
 
 def test_anything_else_is_left_to_the_server():
