@@ -33,9 +33,11 @@ from ._abort import StuckSockets
 from ._backend import Screenshot
 from ._bridge import Bridge
 from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
+from ._forwarded import connection_client
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import make_registry, render_metrics
 from ._ratelimit import SlidingWindow
+from ._settings import Settings
 from ._ws import OpenSockets, SocketHandlers
 
 log = logging.getLogger("bridge_actors.http")
@@ -283,7 +285,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
                 f"unknown iOS version {ios_version!r}; known: {', '.join(config.ios_versions)}",
             )
         try:
-            state.creations.consume(_client_ip(), trio.current_time())
+            state.creations.consume(_client_ip(settings), trio.current_time())
         except RateLimited as refusal:
             state.creations_refused += 1
             wait = max(1, math.ceil(refusal.retry_after))
@@ -524,8 +526,8 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _client_ip() -> str:
-    return request.remote_addr or "unknown"
+def _client_ip(settings: Settings) -> str:
+    return connection_client(request, settings.trusted_proxies)
 
 
 def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:

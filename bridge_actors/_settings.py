@@ -30,6 +30,7 @@ import pydantic
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from ._errors import InvalidSettings
+from ._forwarded import parse_networks
 
 __all__ = ["BACKENDS", "ENV_NAMES", "PROFILES", "Settings", "load_settings"]
 
@@ -214,6 +215,11 @@ class Settings(pydantic.BaseModel):
         65536, ge=1024, description="largest WebSocket message a client may send"
     )
     max_body_bytes: int = pydantic.Field(1048576, ge=1024, description="largest HTTP request body")
+    trusted_proxies: tuple[str, ...] = pydantic.Field(
+        (),
+        description="addresses or networks of reverse proxies whose X-Forwarded-For and "
+        "X-Real-IP name the client; comma-separated (default none: those headers are ignored)",
+    )
     keep_alive_timeout: float = pydantic.Field(
         5.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open"
     )
@@ -299,6 +305,18 @@ class Settings(pydantic.BaseModel):
         if not names:
             raise ValueError(f"at least one backend is required (known: {', '.join(BACKENDS)})")
         return tuple(names)
+
+    @pydantic.field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("proxies must be given as strings")
+            parse_networks(value)
+            return tuple(item.strip() for item in value)
+        return value
 
     @pydantic.field_validator("media_sources", mode="before")
     @classmethod
@@ -588,6 +606,7 @@ _ACCEPTED_OVERRIDES = {
     "backends": f"backend names separated by commas, from: {', '.join(BACKENDS)}",
     "media_sources": "name=source pairs separated by commas (a table in a config file)",
     "state_dir": "a directory path",
+    "trusted_proxies": "IP addresses or CIDR networks separated by commas",
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}

@@ -40,6 +40,7 @@ from ._errors import (
     SessionNotFound,
     ViewerEvicted,
 )
+from ._forwarded import connection_client
 from ._lifeline import Lifeline
 from ._rate import RateMeter
 
@@ -325,7 +326,8 @@ class SocketHandlers:
             close = Close(NORMAL, "")
             with self.sockets.track(kind) as shutdown:
                 try:
-                    async with self.bridge.connect(session_id, kind, _client_ip(ws)) as connection:
+                    client = connection_client(ws, self.bridge.settings.trusted_proxies)
+                    async with self.bridge.connect(session_id, kind, client) as connection:
                         guard(connection.lifeline)
                         await body(ws, session_id, guard)
                 except BaseException as exc:
@@ -536,7 +538,3 @@ async def _close(ws, close: Close) -> None:
 def _peer(ws) -> tuple[str, int] | None:
     client = ws.scope.get("client")
     return (client[0], client[1]) if client else None
-
-
-def _client_ip(ws) -> str:
-    return ws.remote_addr or "unknown"

@@ -28,10 +28,23 @@ async def wait_until(condition: Callable[[], bool], *, within: float = PATIENCE)
             await trio.sleep(0.01)
 
 
-async def connect(port: int, *, receive_buffer: int | None = None) -> trio.SocketStream:
+def is_listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+async def connect(
+    port: int, *, receive_buffer: int | None = None, source: str | None = None
+) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:``port``, from the loopback address ``source``."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    if source is not None:
+        await sock.bind((source, 0))
     await sock.connect(("127.0.0.1", port))
     return trio.SocketStream(sock)
 
@@ -94,12 +107,13 @@ def ws_frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True, rsv: int = 
     return bytes([first]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def ws_handshake(stream: trio.SocketStream, path: str) -> None:
+async def ws_handshake(stream: trio.SocketStream, path: str, headers: str = "") -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send_all(
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{headers}\r\n"
         ).encode()
     )
     response = b""
@@ -112,10 +126,17 @@ async def ws_handshake(stream: trio.SocketStream, path: str) -> None:
 
 
 @asynccontextmanager
-async def raw_websocket(port: int, path: str, *, receive_buffer: int | None = None):
-    stream = await connect(port, receive_buffer=receive_buffer)
+async def raw_websocket(
+    port: int,
+    path: str,
+    *,
+    receive_buffer: int | None = None,
+    source: str | None = None,
+    headers: str = "",
+):
+    stream = await connect(port, receive_buffer=receive_buffer, source=source)
     try:
-        await ws_handshake(stream, path)
+        await ws_handshake(stream, path, headers)
         yield stream
     finally:
         await trio.aclose_forcefully(stream)
@@ -139,3 +160,37 @@ async def flood(stream: trio.SocketStream, message: bytes, count: int) -> int:
             sent += 1
     await trio.lowlevel.checkpoint()
     return sent
+
+
+async def read_frame(stream: trio.SocketStream, buffered: bytearray) -> tuple[int, bytes]:
+    """One server frame (opcode, payload); servers do not mask."""
+
+    async def need(count: int) -> None:
+        while len(buffered) < count:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise EOFError("the server closed without a close frame")
+            buffered.extend(chunk)
+
+    with trio.fail_after(PATIENCE):
+        await need(2)
+        opcode, length, offset = buffered[0] & 0x0F, buffered[1] & 0x7F, 2
+        if length == 126:
+            await need(4)
+            length, offset = int.from_bytes(buffered[2:4], "big"), 4
+        elif length == 127:
+            await need(10)
+            length, offset = int.from_bytes(buffered[2:10], "big"), 10
+        await need(offset + length)
+        payload = bytes(buffered[offset : offset + length])
+        del buffered[: offset + length]
+    return opcode, payload
+
+
+async def close_code(stream: trio.SocketStream) -> tuple[int, str]:
+    """Skip frames until the server's close frame; its code and reason."""
+    buffered = bytearray()
+    while True:
+        opcode, payload = await read_frame(stream, buffered)
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big"), payload[2:].decode()

@@ -1,0 +1,91 @@
+"""Which address a request comes from, when a reverse proxy stands in front.
+
+``X-Forwarded-For`` and ``X-Real-IP`` are only what a client wrote, unless the
+peer that delivered them is a proxy the operator named as trusted: then each
+trusted hop vouches for the address to its left, and the client is the rightmost
+address that is not itself a trusted proxy. Anyone else's headers are ignored,
+so a client cannot pick the address the rate limiter counts it under.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+__all__ = ["Network", "client_address", "connection_client", "parse_networks"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks; raises ValueError naming the first bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value.strip()!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _trusted(address, trusted: Sequence[Network]) -> bool:
+    return address is not None and any(address in network for network in trusted)
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: Sequence[str],
+    real_ip: str | None,
+    trusted: Sequence[Network],
+) -> str:
+    """The address to count a request under.
+
+    ``forwarded_for`` holds every ``X-Forwarded-For`` header value in order. A
+    malformed hop ends the walk at the last address vouched for.
+    """
+    if not peer:
+        return "unknown"
+    if not _trusted(_address(peer), trusted):
+        return peer
+    hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    if not hops:
+        candidate = _address(real_ip) if real_ip else None
+        return str(candidate) if candidate is not None else peer
+    client = peer
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            return client
+        client = str(address)
+        if not _trusted(address, trusted):
+            return client
+    return client
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted_proxies: tuple[str, ...]) -> tuple[Network, ...]:
+    return parse_networks(trusted_proxies)
+
+
+def connection_client(connection, trusted_proxies: tuple[str, ...]) -> str:
+    """:func:`client_address` of a Quart request or WebSocket, under the settings' proxies."""
+    headers = connection.headers
+    return client_address(
+        connection.remote_addr,
+        headers.getlist("X-Forwarded-For"),
+        headers.get("X-Real-IP"),
+        _networks(trusted_proxies),
+    )
