@@ -212,6 +212,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             "resource_manager": snapshot.resource_manager,
             "rate_limiter": _plain(snapshot.rate_limiter),
             "warden": _plain(snapshot.warden),
+            "allocator": _plain(snapshot.allocator),
             "supervisor": {c.udid: _plain(c.supervisor) for c in snapshot.captures},
             "captures": {c.udid: _capture_view(c) for c in snapshot.captures},
             "pool": _plain(snapshot.pool),

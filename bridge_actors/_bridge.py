@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from ._allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
 from ._backend import (
     Configurations,
     ControlEvent,
@@ -51,6 +52,7 @@ class BridgeStatistics:
     resource_manager: dict[str, Any]
     rate_limiter: RateLimiterStatistics
     warden: WardenStatistics
+    allocator: AllocatorStatistics
     pool: CapturePoolStatistics
     captures: tuple[CaptureStatistics, ...]
     sessions: RegistryStatistics
@@ -94,6 +96,7 @@ class Bridge:
             interval=settings.memory_check_interval,
             probe=memory_probe,
         )
+        self.trimmer = AllocatorTrimmer(allocator=glibc_allocator())
         self.store = SessionStore(settings.state_dir)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.client_connections = 0
@@ -262,6 +265,7 @@ class Bridge:
             resource_manager=self.resource_stats(),
             rate_limiter=limiter,
             warden=warden,
+            allocator=self.trimmer.statistics(),
             pool=pool,
             captures=tuple(s.statistics() for s in self.pool.services()),
             sessions=self.registry.statistics(),
@@ -304,6 +308,7 @@ async def open_bridge(
             await nursery.start(bridge.limiter.run)
             await nursery.start(bridge.pool.run)
             await nursery.start(bridge.warden.run)
+            await nursery.start(bridge.trimmer.run)
             await nursery.start(bridge.registry.run)
             bridge.started = True
             log.info("bridge started (backends: %s)", ", ".join(backends))
