@@ -33,6 +33,7 @@ from ._abort import StuckSockets
 from ._backend import Screenshot
 from ._bridge import Bridge
 from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
+from ._json import decode_json
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import make_registry, render_metrics
 from ._ratelimit import SlidingWindow
@@ -499,10 +500,7 @@ async def _request_fields() -> Mapping[str, Any]:
         raw = await request.get_data(as_text=False)
         if not raw:
             return {}
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadInput("body", "is not valid JSON") from None
+        document = decode_json(raw, "body")
         if not isinstance(document, dict):
             raise BadInput("body", "must be a JSON object")
         return document

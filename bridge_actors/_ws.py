@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import math
 from collections import Counter
@@ -40,6 +39,7 @@ from ._errors import (
     SessionNotFound,
     ViewerEvicted,
 )
+from ._json import decode_json, encode_json
 from ._lifeline import Lifeline
 from ._rate import RateMeter
 
@@ -202,22 +202,14 @@ class LogFilter:
 
 def decode_message(message: str | bytes) -> dict[str, Any]:
     """A client's JSON object message. Raises BadInput naming what was wrong."""
-    if isinstance(message, bytes):
-        try:
-            message = message.decode()
-        except UnicodeDecodeError:
-            raise BadInput("message", "is not UTF-8 text") from None
-    try:
-        decoded = json.loads(message)
-    except ValueError:
-        raise BadInput("message", "is not valid JSON") from None
+    decoded = decode_json(message, "message")
     if not isinstance(decoded, dict):
         raise BadInput("message", "must be a JSON object")
     return decoded
 
 
 def error_text(error: BadInput | DeviceError | str) -> str:
-    return json.dumps({"type": "error", "message": str(error)})
+    return encode_json({"type": "error", "message": str(error)})
 
 
 # The compatible desktop viewer sends a swipe's corners in camelCase.
@@ -411,7 +403,7 @@ class SocketHandlers:
         except (BadInput, DeviceError) as error:
             return error_text(error), False
         if "id" in decoded:
-            return json.dumps({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
+            return encode_json({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
         return None, True
 
     # -- screenshot --
@@ -444,7 +436,7 @@ class SocketHandlers:
             shot = await self.bridge.screenshot(session_id)
         except DeviceError as error:
             return error_text(f"screenshot failed: {error}")
-        return json.dumps(screenshot_message(shot))
+        return encode_json(screenshot_message(shot))
 
     # -- webrtc --
 
@@ -466,7 +458,7 @@ class SocketHandlers:
                 nursery.start_soon(_log_requests, ws, wanted)
                 async for line in subscription:
                     if wanted.matches(line):
-                        await ws.send(json.dumps(line.to_message()))
+                        await ws.send(encode_json(line.to_message()))
 
         await self._serve("logs", session_id, body)
 
@@ -491,7 +483,7 @@ async def _log_requests(ws, wanted: LogFilter) -> None:
             await ws.send(error_text(error))
             continue
         bad = 0
-        await ws.send(json.dumps(reply))
+        await ws.send(encode_json(reply))
 
 
 async def _discard_incoming(ws) -> None:
