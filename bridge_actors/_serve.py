@@ -32,6 +32,7 @@ from ._app import ProbeFastPath, app_state, create_app
 from ._bridge import Bridge
 from ._settings import Settings
 from ._worker import worker_serve
+from ._wsclose import install as install_ws_close
 
 log = logging.getLogger("bridge_actors.server")
 
@@ -175,6 +176,7 @@ async def serve(
     settings = bridge.settings
     host = settings.host if host is None else host
     port = settings.port if port is None else port
+    install_ws_close()
     sock = await open_listening_socket(host, port, tcp_user_timeout=settings.tcp_user_timeout)
     try:
         await ensure_initial_session(bridge)
