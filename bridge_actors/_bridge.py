@@ -28,6 +28,7 @@ from ._persist import SessionStore, StoreStatistics
 from ._ratelimit import RateLimiter, RateLimiterStatistics
 from ._sessions import Connection, RegistryStatistics, Session, SessionRegistry
 from ._settings import Settings, load_settings
+from ._statelock import hold_state_dir
 from ._warden import MemorySample, MemoryWarden, WardenStatistics
 
 log = logging.getLogger("bridge_actors")
@@ -289,6 +290,19 @@ async def open_bridge(
     several are wrapped in one BridgeError naming them.
     """
     settings = settings if settings is not None else load_settings()
+    # Held first and for the bridge's whole life: restoring or saving sessions while
+    # another server uses the same directory would overwrite its sessions.
+    with hold_state_dir(settings.state_dir):
+        async with _run_bridge(settings, backends, memory_probe) as bridge:
+            yield bridge
+
+
+@asynccontextmanager
+async def _run_bridge(
+    settings: Settings,
+    backends: Mapping[str, DeviceBackend] | None,
+    memory_probe: Callable[[], MemorySample] | None,
+) -> AsyncIterator[Bridge]:
     encode_limiter = trio.CapacityLimiter(settings.encode_threads)
     if backends is None:
         from ._backends import make_backends
