@@ -41,7 +41,9 @@ class Kpis:
     connection_success_rate: float
     denied_share: Mapping[str, float]
     service_reuse_rate: float
-    rss_growth_mb_per_hour: float
+    rss_growth_mb_per_hour: float | None  # None until measured over rss_growth_min_window_s
+    rss_growth_window_s: float  # the seconds the growth figure spans
+    rss_growth_min_window_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +273,9 @@ class Bridge:
                 connection_success_rate=limiter.success_rate,
                 denied_share=dict(limiter.denied_share),
                 service_reuse_rate=pool.reuse_rate,
-                rss_growth_mb_per_hour=warden.rss_growth_mb_per_hour,
+                rss_growth_mb_per_hour=warden.rss_growth.mb_per_hour,
+                rss_growth_window_s=warden.rss_growth.window_s,
+                rss_growth_min_window_s=warden.rss_growth.min_window_s,
             ),
         )
 

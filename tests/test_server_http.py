@@ -330,3 +330,11 @@ async def test_probes_answer_head_and_get_alike(server):
         assert head.content == b""
         assert head.headers["content-length"] == str(len(got.content))
         assert got.headers["cache-control"] == "no-store"
+
+
+async def test_stats_give_no_memory_growth_before_its_window(server):
+    kpis = (await server.stats())["kpis"]
+    # A fresh server has not run past the warm-up and the window: no extrapolated figure.
+    assert kpis["rss_growth_mb_per_hour"] is None
+    assert kpis["rss_growth_window_s"] == 0.0
+    assert kpis["rss_growth_min_window_s"] == 600.0
