@@ -10,7 +10,10 @@ any close frame, and the client could not tell a protocol error from a
 network failure (RFC 6455 §7.1.7: "Fail the WebSocket Connection" sends a close
 frame first).
 
-:class:`ClosingWSStream` is Hypercorn's ``WSStream`` with that one case added;
+Hypercorn also stopped reading a connection's events after refusing a message
+as too big (1009), so the client's answering close frame, queued behind the
+rest of that message, was never read: client and handler waited on each other
+for ever. :class:`ClosingWSStream` is Hypercorn's ``WSStream`` with both fixed;
 :func:`install` makes Hypercorn's HTTP/1.1 and HTTP/2 protocols create it. The
 change is the one an upstream fix would make, so it is safe for any other
 Hypercorn server in the same process.
@@ -34,17 +37,26 @@ _CREATORS = (h11, h2)
 class ClosingWSStream(WSStream):
     """Hypercorn's WebSocket stream, sending the close frame of a protocol error too."""
 
+    _closing_too_big = False
+
     async def _handle_events(self) -> None:
-        # Hypercorn 0.18's loop, with the ``OPEN`` branch added below.
+        # Hypercorn 0.18's loop, with two changes marked below.
         for event in self.connection.events():
             if isinstance(event, Message):
+                if self._closing_too_big:
+                    continue  # the rest of a message we already refused (RFC 6455 §7.1.1)
                 try:
                     self.buffer.extend(event)
                 except FrameTooLargeError:
                     await self._send_wsproto_event(
                         CloseConnection(code=CloseReason.MESSAGE_TOO_BIG)
                     )
-                    break
+                    # Changed: upstream stops reading events here, so the client's answering
+                    # close frame, queued behind the message's remaining data, was never
+                    # read and the connection hung. Keep reading, discarding data frames.
+                    self._closing_too_big = True
+                    self.buffer.clear()
+                    continue
                 if event.message_finished:
                     assert self.app_put is not None
                     await self.app_put(self.buffer.to_message())
@@ -55,8 +67,8 @@ class ClosingWSStream(WSStream):
                 if self.connection.state == ConnectionState.REMOTE_CLOSING:
                     await self._send_wsproto_event(event.response())
                 elif self.connection.state == ConnectionState.OPEN:
-                    # Nobody sent a close frame: wsproto failed to parse the client's data
-                    # and tells us the code to fail the connection with.
+                    # Changed: nobody sent a close frame, wsproto failed to parse the
+                    # client's data and tells us the code to fail the connection with.
                     await self._send_wsproto_event(
                         CloseConnection(code=event.code, reason=event.reason)
                     )

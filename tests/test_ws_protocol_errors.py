@@ -13,6 +13,7 @@ import struct
 import pytest
 import trio
 from conftest import open_ws
+from test_server_ws import wait_until
 
 PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
@@ -142,3 +143,26 @@ def test_install_refuses_a_hypercorn_it_does_not_know(monkeypatch):
     monkeypatch.setattr(h11, "WSStream", object)
     with pytest.raises(RuntimeError, match="cannot be installed"):
         _wsclose.install()
+
+
+async def test_a_message_too_big_ends_the_connection_and_the_handler(tmp_path):
+    """After the 1009 the client's data and its answering close are still read: the
+    connection ends, though the rest of the refused message and another message came first."""
+    from conftest import running_server
+
+    async with running_server(tmp_path, max_message_bytes=4096) as server:
+        sock = await handshake(server.host, server.port, f"/ws/{server.session_id}/control")
+        with sock:
+            big = client_frame(0x81, b"x" * 20_000)
+            await sock.send(big[:8000])  # enough to be refused, the rest still to come
+            received = await read_until_closed(sock)
+            closes = [payload for opcode, payload in server_frames(received) if opcode == 0x8]
+            assert struct.unpack("!H", closes[0][:2])[0] == MESSAGE_TOO_BIG
+            await sock.send(
+                big[8000:] + client_frame(0x81, b"{}") + client_frame(0x88, struct.pack("!H", 1000))
+            )
+            with trio.fail_after(10):
+                while await sock.recv(65536):
+                    pass  # until the server closes the connection
+        # The handler ended too: its connection slot is free.
+        await wait_until(lambda: server.bridge.connection_stats()["total_connections"] == 0)
