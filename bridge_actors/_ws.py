@@ -200,8 +200,11 @@ class LogFilter:
         return any(needle in part.lower() for part in (line.message, line.process, line.raw_line))
 
 
-def decode_message(message: str | bytes) -> dict[str, Any]:
+def decode_message(message: str | bytes | None) -> dict[str, Any]:
     """A client's JSON object message. Raises BadInput naming what was wrong."""
+    if message is None:
+        # Quart hands over an empty binary message as None (``bytes or text``).
+        message = b""
     decoded = decode_json(message, "message")
     if not isinstance(decoded, dict):
         raise BadInput("message", "must be a JSON object")
