@@ -522,8 +522,14 @@ async def _refuse_bad_input(error: BadInput) -> None:
     await _close(ws, Close(POLICY, str(error)))
 
 
+# What saying goodbye may meet when the connection is already ending: Quart's "already
+# closed", or the transport gone or being shut (Hypercorn sends its EOF outside the lock
+# its other sends take, so a close frame racing the client's own close meets it busy).
+_GONE = (RuntimeError, trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError)
+
+
 async def _close(ws, close: Close) -> None:
-    with contextlib.suppress(RuntimeError):  # already closed
+    with contextlib.suppress(*_GONE):
         await ws.close(close.code, close_reason(close.reason))
     await trio.lowlevel.checkpoint()
 
