@@ -41,6 +41,7 @@ from ._errors import (
     ServerBusy,
     SessionFull,
     SessionNotFound,
+    StateDirInUse,
     ViewerEvicted,
 )
 from ._serve import serve
@@ -76,6 +77,7 @@ __all__ = [
     "SessionFull",
     "SessionNotFound",
     "Settings",
+    "StateDirInUse",
     "Swipe",
     "Tap",
     "Text",

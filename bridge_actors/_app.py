@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.metadata
 import io
 import json
 import logging
@@ -23,9 +24,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import trio
 from PIL import Image, UnidentifiedImageError
-from quart import Response, has_request_context, redirect, request
+from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -34,8 +36,10 @@ from ._backend import Screenshot
 from ._bridge import Bridge
 from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
 from ._forwarded import connection_client
+from ._json import decode_json
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import make_registry, render_metrics
+from ._openapi import openapi_document, request_body
 from ._ratelimit import SlidingWindow
 from ._settings import Settings
 from ._ws import OpenSockets, SocketHandlers
@@ -72,6 +76,27 @@ WEBRTC_PRESETS: Mapping[str, Mapping[str, float]] = {
     "high": {"fps": 60, "resolution": 2.0, "quality": 95},
     "ultra": {"fps": 60, "resolution": 2.5, "quality": 98},
 }
+
+
+class CreateSessionBody(pydantic.BaseModel):
+    """The fields of ``POST /api/sessions/create`` (a form or a JSON object)."""
+
+    device_type: str = pydantic.Field(
+        description="one of /api/sessions/configurations' device_types", max_length=200
+    )
+    ios_version: str = pydantic.Field(
+        description="one of /api/sessions/configurations' ios_versions", max_length=200
+    )
+
+
+class ScreenshotDownloadBody(pydantic.BaseModel):
+    """The fields of ``POST /api/sessions/{session_id}/screenshot/download``."""
+
+    filename: str | None = pydantic.Field(
+        None,
+        description="1 to 128 letters, digits, spaces, '.', '_' or '-'; "
+        "ending in .png or .jpg picks the format",
+    )
 
 
 @dataclasses.dataclass(eq=False)
@@ -185,25 +210,30 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/")
     async def index() -> Response:
+        """The built-in web viewer."""
         return await app.send_static_file("index.html")
 
     # -- health --------------------------------------------------------------------------------
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        """Health, session count, connection and resource statistics (as ios-bridge)."""
         return health_report(bridge)
 
     @app.get("/livez")
     async def livez() -> dict[str, Any]:
+        """Liveness: the process answers."""
         return {"status": "ok"}
 
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, Any], int]:
+        """Readiness: 503 while starting, draining or over the memory mark, with the reasons."""
         body, status = readiness_report(state)
         return body, status
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
+        """Every statistic of the bridge: connections, rate limiter, warden, captures, KPIs."""
         snapshot = bridge.statistics()
         return {
             "success": True,
@@ -228,11 +258,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        """Prometheus metrics, in the text exposition format."""
         await trio.lowlevel.checkpoint()
         return Response(render_metrics(registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.get("/status")
     async def status_all() -> dict[str, Any]:
+        """Every session, as the ios-bridge status page lists them."""
         sessions = [s.list_item() for s in bridge.list_sessions()]
         return {
             "total_sessions": len(sessions),
@@ -242,6 +274,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/status/<session_id>")
     async def status_one(session_id: str) -> dict[str, Any]:
+        """One session and whether its device answers.
+
+        An unknown session is a 200 whose body holds ``"error"`` and ``"status_code": 404``,
+        as the compatible clients expect."""
         try:
             session = bridge.get_session(session_id)
         except SessionNotFound:
@@ -260,6 +296,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/api/sessions/configurations")
     async def configurations() -> dict[str, Any]:
+        """The device types and versions sessions can be created with, over every backend."""
         config = await bridge.configurations()
         return {
             "success": True,
@@ -270,7 +307,11 @@ def create_app(bridge: Bridge) -> QuartTrio:
         }
 
     @app.post("/api/sessions/create")
+    @request_body(CreateSessionBody)
     async def create_session() -> tuple[dict[str, Any], int] | Response:
+        """Create a session: a device of ``device_type`` running ``ios_version``.
+
+        Rate limited per client address (429 with ``retry_after``)."""
         fields = await _request_fields()
         device_type = _text_field(fields, "device_type")
         ios_version = _text_field(fields, "ios_version")
@@ -302,22 +343,40 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.route("/api/sessions", methods=["GET", "DELETE"])
     async def sessions_without_slash() -> Response:
+        """Redirects (307, method kept) to ``/api/sessions/``."""
         target = "/api/sessions/"
         if request.query_string:
             target += "?" + request.query_string.decode("latin-1")
-        return redirect(target, 307)
+        return _redirect_response(target, 307)
+
+    # -- the reference -------------------------------------------------------------------------
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        """This reference, as an OpenAPI 3.1 document generated from the routes."""
+        await trio.lowlevel.checkpoint()
+        document = openapi_document(app, title=SERVICE_NAME, version=_package_version())
+        return _json_response(document, 200)
+
+    @app.get("/docs")
+    async def docs() -> Response:
+        """This reference, as a page (rendered locally from ``/openapi.json``)."""
+        return await app.send_static_file("docs.html")
 
     @app.get("/api/sessions/")
     async def list_sessions() -> dict[str, Any]:
+        """Every session."""
         return {"success": True, "sessions": [s.list_item() for s in bridge.list_sessions()]}
 
     @app.delete("/api/sessions/")
     async def delete_all_sessions() -> dict[str, Any]:
+        """Delete every session and its device."""
         count = await bridge.delete_all_sessions()
         return {"success": True, "deleted_count": count, "message": f"Deleted {count} sessions"}
 
     @app.post("/api/sessions/recover-orphaned")
     async def recover_orphaned() -> dict[str, Any]:
+        """Adopt devices this server created earlier that no session holds."""
         count = await bridge.recover_orphaned()
         return {
             "success": True,
@@ -327,11 +386,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.post("/api/sessions/cleanup-recordings")
     async def cleanup_recordings() -> dict[str, Any]:
+        """Recordings are not supported; there is never anything to clean up."""
         await trio.lowlevel.checkpoint()
         return {"success": True, "message": "No recordings to clean up"}
 
     @app.get("/api/sessions/<session_id>")
     async def session_info(session_id: str) -> dict[str, Any]:
+        """One session, with its device size."""
         session = bridge.get_session(session_id)
         info = session.info()
         return {
@@ -343,6 +404,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.delete("/api/sessions/<session_id>")
     async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
+        """Delete one session and its device."""
         try:
             await bridge.delete_session(session_id)
         except SessionNotFound:
@@ -351,10 +413,15 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/api/sessions/<session_id>/screenshot")
     async def screenshot(session_id: str) -> Response:
+        """The device's screen now, as an image attachment."""
         return await _screenshot_response(session_id, None)
 
     @app.post("/api/sessions/<session_id>/screenshot/download")
+    @request_body(ScreenshotDownloadBody)
     async def screenshot_download(session_id: str) -> Response:
+        """The device's screen as a download named ``filename``.
+
+        A name ending in ``.png`` or ``.jpg`` picks the format, converted if need be."""
         bridge.get_session(session_id)  # 404 before reading a body we would not use
         fields = await _request_fields()
         filename = fields.get("filename")
@@ -390,12 +457,14 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.post("/api/sessions/<session_id>/recording/start")
     @app.post("/api/sessions/<session_id>/recording/stop")
     async def recording(session_id: str) -> tuple[dict[str, Any], int]:
+        """Recording is not supported by this server: 501."""
         bridge.get_session(session_id)
         await trio.lowlevel.checkpoint()
         return {"success": False, "detail": RECORDING_UNSUPPORTED}, 501
 
     @app.get("/webrtc/quality/<session_id>/<quality>")
     async def webrtc_quality(session_id: str, quality: str) -> dict[str, Any]:
+        """The WebRTC preset named ``quality`` (reported only; stream from the video socket)."""
         bridge.get_session(session_id)
         await trio.lowlevel.checkpoint()
         if quality not in WEBRTC_PRESETS:
@@ -411,23 +480,44 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.websocket("/ws/<session_id>/video")
     async def video_socket(session_id: str) -> None:
+        """Frames of the device: JSON ``video_frame`` messages, or binary with ``?format=binary``.
+
+        ``?fps=N`` caps this viewer's rate. Close codes: 4004 unknown or deleted session,
+        4009 per-session cap, 4029 rate limited, 1013 server busy, 1008 evicted or bad input,
+        1009 message too big, 1011 capture failed, 1001 shutting down."""
         await sockets.video(session_id)
 
     @app.websocket("/ws/<session_id>/control")
     async def control_socket(session_id: str) -> None:
+        """Control messages (tap, swipe, text, button, key); those with an ``id`` are acknowledged.
+
+        A bad message gets an ``{"type": "error"}`` reply naming what was wrong; 50 in a row
+        close the socket with 1008."""
         await sockets.control(session_id)
 
     @app.websocket("/ws/<session_id>/screenshot")
     async def screenshot_socket(session_id: str) -> None:
+        """A screenshot now and after every ``{"t": "refresh"}`` or control message."""
         await sockets.screenshot(session_id)
 
     @app.websocket("/ws/<session_id>/logs")
     async def logs_socket(session_id: str) -> None:
+        """The device's log lines; ``{"type": "filter"}`` narrows them, ``{"type": "clear"}``."""
         await sockets.logs(session_id)
 
     @app.websocket("/ws/<session_id>/webrtc")
     async def webrtc_socket(session_id: str) -> None:
+        """WebRTC signalling is not served: one error message naming the video socket instead."""
         await sockets.webrtc(session_id)
+
+    @app.after_request
+    async def json_redirects(response: Response) -> Response:
+        # The router's own redirects (merging slashes) skip the error handlers and would
+        # answer an HTML page; an API answers JSON.
+        location = response.headers.get("Location")
+        if 300 <= response.status_code < 400 and location and response.mimetype == "text/html":
+            return _redirect_response(location, response.status_code)
+        return response
 
     @app.after_request
     async def local_app_cors(response: Response) -> Response:
@@ -455,7 +545,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(SessionNotFound)
     async def session_not_found(error: SessionNotFound) -> Response:
-        return _json_response({"detail": "Session not found"}, 404)
+        return _json_response({"success": False, "detail": "Session not found"}, 404)
 
     @app.errorhandler(DeviceError)
     async def device_error(error: DeviceError) -> Response:
@@ -471,7 +561,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        response = _json_response({"detail": error.name}, error.code or 500)
+        response = _json_response({"success": False, "detail": error.name}, error.code or 500)
         for name, value in error.get_headers():
             if name.lower() == "allow":
                 response.headers[name] = value
@@ -482,6 +572,21 @@ def _register_error_handlers(app: QuartTrio) -> None:
         where = request.path if has_request_context() else "websocket"
         log.error("unexpected error on %s", where, exc_info=error)
         return _json_response({"success": False, "detail": "internal server error"}, 500)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE_NAME)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def _redirect_response(target: str, status: int) -> Response:
+    """A redirect whose body is JSON, like every other answer of the API."""
+    body = {"success": False, "detail": f"moved to {target}", "location": target}
+    response = _json_response(body, status)
+    response.headers["Location"] = target
+    return response
 
 
 def _json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
@@ -502,10 +607,7 @@ async def _request_fields() -> Mapping[str, Any]:
         raw = await request.get_data(as_text=False)
         if not raw:
             return {}
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadInput("body", "is not valid JSON") from None
+        document = decode_json(raw, "body")
         if not isinstance(document, dict):
             raise BadInput("body", "must be a JSON object")
         return document

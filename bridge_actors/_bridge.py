@@ -29,6 +29,7 @@ from ._persist import SessionStore, StoreStatistics
 from ._ratelimit import RateLimiter, RateLimiterStatistics
 from ._sessions import Connection, RegistryStatistics, Session, SessionRegistry
 from ._settings import Settings, load_settings
+from ._statelock import hold_state_dir
 from ._warden import MemorySample, MemoryWarden, WardenStatistics
 
 log = logging.getLogger("bridge_actors")
@@ -41,7 +42,9 @@ class Kpis:
     connection_success_rate: float
     denied_share: Mapping[str, float]
     service_reuse_rate: float
-    rss_growth_mb_per_hour: float
+    rss_growth_mb_per_hour: float | None  # None until measured over rss_growth_min_window_s
+    rss_growth_window_s: float  # the seconds the growth figure spans
+    rss_growth_min_window_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +277,9 @@ class Bridge:
                 connection_success_rate=limiter.success_rate,
                 denied_share=dict(limiter.denied_share),
                 service_reuse_rate=pool.reuse_rate,
-                rss_growth_mb_per_hour=warden.rss_growth_mb_per_hour,
+                rss_growth_mb_per_hour=warden.rss_growth.mb_per_hour,
+                rss_growth_window_s=warden.rss_growth.window_s,
+                rss_growth_min_window_s=warden.rss_growth.min_window_s,
             ),
         )
 
@@ -293,6 +298,19 @@ async def open_bridge(
     several are wrapped in one BridgeError naming them.
     """
     settings = settings if settings is not None else load_settings()
+    # Held first and for the bridge's whole life: restoring or saving sessions while
+    # another server uses the same directory would overwrite its sessions.
+    with hold_state_dir(settings.state_dir):
+        async with _run_bridge(settings, backends, memory_probe) as bridge:
+            yield bridge
+
+
+@asynccontextmanager
+async def _run_bridge(
+    settings: Settings,
+    backends: Mapping[str, DeviceBackend] | None,
+    memory_probe: Callable[[], MemorySample] | None,
+) -> AsyncIterator[Bridge]:
     encode_limiter = trio.CapacityLimiter(settings.encode_threads)
     if backends is None:
         from ._backends import make_backends

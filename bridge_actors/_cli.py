@@ -29,7 +29,7 @@ from . import __version__
 from ._bridge import open_bridge
 from ._errors import BridgeError, InvalidSettings
 from ._logconfig import announce, configure_logging
-from ._serve import serve
+from ._serve import open_listening_socket, serve
 from ._settings import ENV_NAMES, Settings, load_settings
 
 log = logging.getLogger("bridge_actors.cli")
@@ -173,11 +173,19 @@ async def run_server(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down within ``settings.shutdown_grace``."""
     log.debug("settings: %s", settings.describe())
     watchdog = _Watchdog(settings.shutdown_grace * 2)
+    # Bound before the bridge opens: a port in use is reported before any session is
+    # restored or created, and the sessions file is never touched by a server that
+    # could not have served them.
+    listener = await open_listening_socket(
+        settings.host, settings.port, tcp_user_timeout=settings.tcp_user_timeout
+    )
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with listener, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_bridge(settings) as bridge, trio.open_nursery() as nursery:
                 stop = trio.Event()
-                host, port = await nursery.start(partial(serve, bridge, shutdown_trigger=stop.wait))
+                host, port = await nursery.start(
+                    partial(serve, bridge, shutdown_trigger=stop.wait, listener=listener)
+                )
                 shown = f"[{host}]" if ":" in host else host
                 announce(f"bridge_actors listening on http://{shown}:{port}")
                 tune_garbage_collector()

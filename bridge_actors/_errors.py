@@ -86,3 +86,12 @@ class ViewerEvicted(BridgeError):
 
 class DeviceError(BridgeError):
     """The device backend could not do what was asked (create, control, screenshot)."""
+
+
+class StateDirInUse(BridgeError):
+    """Another bridge holds the state directory; ``pid`` is the holder's, when known."""
+
+    def __init__(self, message: str, *, state_dir: object, pid: int | None) -> None:
+        super().__init__(message)
+        self.state_dir = state_dir
+        self.pid = pid

@@ -16,6 +16,7 @@ and there is no device log.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import uuid
@@ -34,6 +35,8 @@ from ._errors import BadInput, DeviceError, InvalidSettings
 from ._jpeg import JpegEncoder, qscale_for_quality
 from ._settings import mask_password
 from ._sourcestats import SourceMeter, SourceStatistics
+
+log = logging.getLogger("bridge_actors.media")
 
 BACKEND_NAME = "media"
 MEDIA_VERSION = "media"  # the single ios_version media devices offer
@@ -379,6 +382,7 @@ class MediaBackend:
         self._run_in_worker = run_in_worker
         self._devices: dict[str, _Device] = {}
         self._frames_skipped = 0
+        self.broken_at_start: dict[str, str] = {}  # name: why, from check()
 
     def statistics(self) -> MediaStatistics:
         now = trio.current_time()
@@ -387,6 +391,48 @@ class MediaBackend:
             devices=tuple(device.meter.snapshot(now) for device in self._devices.values()),
             frames_skipped=self._frames_skipped,
         )
+
+    async def check(self) -> None:
+        """At start-up: refuse a media backend with nothing to show, and try every source.
+
+        Each source is opened and one frame decoded, all at once in worker
+        threads, within the open and read timeouts; each that fails is reported
+        by name. A broken source does not stop the server (a camera or a stream
+        may come back, and a session of it says why it cannot open), but nobody
+        should learn it is broken only when a session is created.
+        """
+        if not self._sources:
+            raise DeviceError(
+                "media backend: no media source is configured; name one with "
+                "--media NAME=SOURCE (env BRIDGE_MEDIA, or media_sources in the config file)"
+            )
+        problems: dict[str, str] = {}
+        async with trio.open_nursery() as nursery:
+            for name, source in self._sources.items():
+                nursery.start_soon(self._probe_at_start, name, source, problems)
+        for name, source in self._sources.items():
+            if name in problems:
+                log.warning(
+                    "media source %r (%s) does not work: %s", name, source.display, problems[name]
+                )
+        working = len(self._sources) - len(problems)
+        log.info("media sources: %d of %d open and deliver frames", working, len(self._sources))
+        self.broken_at_start = dict(problems)
+
+    async def _probe_at_start(self, name: str, source: MediaSource, problems: dict) -> None:
+        # The reader's own timeouts bound the thread; this bound is for a source that
+        # keeps trickling data without ever completing a frame.
+        bound = self._open_timeout + self._read_timeout
+        offload = self._run_in_worker
+        if offload is trio.to_thread.run_sync:
+            offload = partial(trio.to_thread.run_sync, abandon_on_cancel=True)
+        with trio.move_on_after(bound) as scope:
+            try:
+                await offload(_probe, source, self._open_timeout, self._read_timeout)
+            except SourceFailed as exc:
+                problems[name] = str(exc)
+        if scope.cancelled_caught:
+            problems[name] = f"no frame within {bound:g} s"
 
     def _device(self, info: DeviceInfo) -> _Device:
         device = self._devices.get(info.udid)

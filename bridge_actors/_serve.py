@@ -32,6 +32,7 @@ from ._app import ProbeFastPath, app_state, create_app
 from ._bridge import Bridge
 from ._settings import Settings
 from ._worker import worker_serve
+from ._wsclose import install as install_ws_close
 
 log = logging.getLogger("bridge_actors.server")
 
@@ -166,6 +167,7 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    listener: socket.socket | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``bridge`` over HTTP and WebSockets until ``shutdown_trigger`` returns or we are
@@ -174,11 +176,18 @@ async def serve(
     ``host`` and ``port`` default to the settings (port 0 picks a free port);
     ``task_status.started((host, port))`` reports the address actually bound.
     Start it with ``await nursery.start(serve, bridge)`` inside ``open_bridge``.
+    ``listener``, from :func:`open_listening_socket`, is a socket bound before the
+    bridge opened (so that a port in use is reported before sessions are restored);
+    ``host`` and ``port`` are then ignored, and serve closes it when it stops.
     """
     settings = bridge.settings
     host = settings.host if host is None else host
     port = settings.port if port is None else port
-    sock = await open_listening_socket(host, port, tcp_user_timeout=settings.tcp_user_timeout)
+    install_ws_close()
+    if listener is not None:
+        sock = listener
+    else:
+        sock = await open_listening_socket(host, port, tcp_user_timeout=settings.tcp_user_timeout)
     try:
         await ensure_initial_session(bridge)
     except BaseException:

@@ -29,7 +29,7 @@ from typing import Protocol
 import psutil
 import trio
 
-from ._checks import require_positive
+from ._checks import require_non_negative, require_positive
 from ._errors import InvalidSettings
 
 logger = logging.getLogger("bridge_actors.warden")
@@ -114,6 +114,61 @@ class PsutilProbe:
         )
 
 
+# Start-up allocates (imports, first captures, caches filling): growth measured from
+# the first minutes extrapolates that into hundreds of MB an hour. The first
+# GROWTH_WARMUP seconds are left out, and a rate is reported only once it spans
+# GROWTH_MIN_WINDOW seconds.
+GROWTH_WARMUP = 300.0
+GROWTH_MIN_WINDOW = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Growth:
+    """Resident memory growth: ``mb_per_hour`` over the last ``window_s`` seconds (None
+    until the window reaches ``min_window_s``), measured from ``warmup_s`` after start."""
+
+    mb_per_hour: float | None
+    window_s: float
+    min_window_s: float
+    warmup_s: float
+
+
+class GrowthMeter:
+    """Memory growth per hour, from the first sample after a warm-up to the latest.
+
+    Pure: fed ``(trio time, rss)`` samples, it keeps three of them.
+    """
+
+    __slots__ = ("_baseline", "_last", "_started", "min_window", "warmup")
+
+    def __init__(
+        self, warmup: float = GROWTH_WARMUP, min_window: float = GROWTH_MIN_WINDOW
+    ) -> None:
+        require_non_negative("warmup", warmup)
+        require_positive("min_window", min_window)
+        self.warmup = float(warmup)
+        self.min_window = float(min_window)
+        self._started: float | None = None
+        self._baseline: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None
+
+    def add(self, now: float, rss_mb: float) -> None:
+        if self._started is None:
+            self._started = now
+        if self._baseline is None and now - self._started >= self.warmup:
+            self._baseline = (now, rss_mb)
+        self._last = (now, rss_mb)
+
+    def growth(self) -> Growth:
+        rate = None
+        window = 0.0
+        if self._baseline is not None and self._last is not None:
+            window = self._last[0] - self._baseline[0]
+            if window >= self.min_window:
+                rate = (self._last[1] - self._baseline[1]) / window * 3600.0
+        return Growth(rate, window, self.min_window, self.warmup)
+
+
 class WardenTarget(Protocol):
     """What the warden may do to the captures (the capture pool implements this)."""
 
@@ -139,7 +194,8 @@ class WardenStatistics:
     services_stopped: int
     last: MemorySample | None
     start_rss_mb: float | None
-    rss_growth_mb_per_hour: float
+    rss_growth_mb_per_hour: float | None  # None until growth spans long enough to mean something
+    rss_growth: Growth
     ready: bool
 
 
@@ -154,6 +210,7 @@ class MemoryWarden:
         interval: float,
         probe: Callable[[], MemorySample] | None = None,
         policy: WardenPolicy | None = None,
+        growth: GrowthMeter | None = None,
     ) -> None:
         require_positive("interval", interval)
         if policy is None:
@@ -177,6 +234,7 @@ class MemoryWarden:
         self._services_stopped = 0
         self._first: tuple[float, MemorySample] | None = None
         self._last: tuple[float, MemorySample] | None = None
+        self._growth = growth if growth is not None else GrowthMeter()
 
     @property
     def ready(self) -> bool:
@@ -193,6 +251,7 @@ class MemoryWarden:
         if self._first is None:
             self._first = (now, sample)
         self._last = (now, sample)
+        self._growth.add(now, sample.rss_mb)
         self._samples += 1
         return sample
 
@@ -261,11 +320,7 @@ class MemoryWarden:
             await trio.sleep(self._interval)
 
     def statistics(self) -> WardenStatistics:
-        growth = 0.0
-        if self._first is not None and self._last is not None:
-            elapsed = self._last[0] - self._first[0]
-            if elapsed >= 1.0:
-                growth = (self._last[1].rss_mb - self._first[1].rss_mb) / elapsed * 3600.0
+        growth = self._growth.growth()
         return WardenStatistics(
             tier=self.tier.name,
             limit_mb=self._policy.limit_mb,
@@ -274,6 +329,7 @@ class MemoryWarden:
             services_stopped=self._services_stopped,
             last=self._last[1] if self._last is not None else None,
             start_rss_mb=self._first[1].rss_mb if self._first is not None else None,
-            rss_growth_mb_per_hour=growth,
+            rss_growth_mb_per_hour=growth.mb_per_hour,
+            rss_growth=growth,
             ready=self.ready,
         )

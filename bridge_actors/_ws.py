@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import math
 from collections import Counter
@@ -41,6 +40,7 @@ from ._errors import (
     ViewerEvicted,
 )
 from ._forwarded import connection_client
+from ._json import decode_json, encode_json
 from ._lifeline import Lifeline
 from ._rate import RateMeter
 
@@ -201,24 +201,19 @@ class LogFilter:
         return any(needle in part.lower() for part in (line.message, line.process, line.raw_line))
 
 
-def decode_message(message: str | bytes) -> dict[str, Any]:
+def decode_message(message: str | bytes | None) -> dict[str, Any]:
     """A client's JSON object message. Raises BadInput naming what was wrong."""
-    if isinstance(message, bytes):
-        try:
-            message = message.decode()
-        except UnicodeDecodeError:
-            raise BadInput("message", "is not UTF-8 text") from None
-    try:
-        decoded = json.loads(message)
-    except ValueError:
-        raise BadInput("message", "is not valid JSON") from None
+    if message is None:
+        # Quart hands over an empty binary message as None (``bytes or text``).
+        message = b""
+    decoded = decode_json(message, "message")
     if not isinstance(decoded, dict):
         raise BadInput("message", "must be a JSON object")
     return decoded
 
 
 def error_text(error: BadInput | DeviceError | str) -> str:
-    return json.dumps({"type": "error", "message": str(error)})
+    return encode_json({"type": "error", "message": str(error)})
 
 
 # The compatible desktop viewer sends a swipe's corners in camelCase.
@@ -413,7 +408,7 @@ class SocketHandlers:
         except (BadInput, DeviceError) as error:
             return error_text(error), False
         if "id" in decoded:
-            return json.dumps({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
+            return encode_json({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
         return None, True
 
     # -- screenshot --
@@ -446,7 +441,7 @@ class SocketHandlers:
             shot = await self.bridge.screenshot(session_id)
         except DeviceError as error:
             return error_text(f"screenshot failed: {error}")
-        return json.dumps(screenshot_message(shot))
+        return encode_json(screenshot_message(shot))
 
     # -- webrtc --
 
@@ -468,7 +463,7 @@ class SocketHandlers:
                 nursery.start_soon(_log_requests, ws, wanted)
                 async for line in subscription:
                     if wanted.matches(line):
-                        await ws.send(json.dumps(line.to_message()))
+                        await ws.send(encode_json(line.to_message()))
 
         await self._serve("logs", session_id, body)
 
@@ -493,7 +488,7 @@ async def _log_requests(ws, wanted: LogFilter) -> None:
             await ws.send(error_text(error))
             continue
         bad = 0
-        await ws.send(json.dumps(reply))
+        await ws.send(encode_json(reply))
 
 
 async def _discard_incoming(ws) -> None:
@@ -529,8 +524,14 @@ async def _refuse_bad_input(error: BadInput) -> None:
     await _close(ws, Close(POLICY, str(error)))
 
 
+# What saying goodbye may meet when the connection is already ending: Quart's "already
+# closed", or the transport gone or being shut (Hypercorn sends its EOF outside the lock
+# its other sends take, so a close frame racing the client's own close meets it busy).
+_GONE = (RuntimeError, trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError)
+
+
 async def _close(ws, close: Close) -> None:
-    with contextlib.suppress(RuntimeError):  # already closed
+    with contextlib.suppress(*_GONE):
         await ws.close(close.code, close_reason(close.reason))
     await trio.lowlevel.checkpoint()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import trio
 from conftest import open_ws, running_server
 from prometheus_client.parser import text_string_to_metric_families
@@ -120,6 +122,12 @@ async def test_collection_routes_without_the_slash_redirect_with_307(server):
         response = await server.http.request(method, "/api/sessions")
         assert response.status_code == 307
         assert response.headers["location"] == "/api/sessions/"
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {
+            "success": False,
+            "detail": "moved to /api/sessions/",
+            "location": "/api/sessions/",
+        }
     assert len(server.bridge.list_sessions()) == 1  # the DELETE was not carried out
 
 
@@ -132,7 +140,7 @@ async def test_unknown_sessions_are_404(server):
     ):
         response = await http.get(path)
         assert response.status_code == 404, path
-        assert response.json() == {"detail": "Session not found"}
+        assert response.json() == {"success": False, "detail": "Session not found"}
     response = await http.post("/api/sessions/nope/screenshot/download")
     assert response.status_code == 404
     response = await http.delete("/api/sessions/nope")
@@ -226,7 +234,7 @@ async def test_other_session_routes(server):
 
     not_allowed = await http.put(f"/api/sessions/{sid}")
     assert not_allowed.status_code == 405
-    assert not_allowed.json() == {"detail": "Method Not Allowed"}
+    assert not_allowed.json() == {"success": False, "detail": "Method Not Allowed"}
 
     deleted = (await http.delete("/api/sessions/")).json()
     assert deleted == {"success": True, "deleted_count": 1, "message": "Deleted 1 sessions"}
@@ -250,7 +258,7 @@ async def test_the_web_viewer_is_served(server):
     assert (await server.http.get("/static/index.html")).content == index.content
     missing = await server.http.get("/static/no-such-file.js")
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "Not Found"}
+    assert missing.json() == {"success": False, "detail": "Not Found"}
 
 
 async def test_stats_and_metrics_while_streaming(server):
@@ -330,3 +338,86 @@ async def test_probes_answer_head_and_get_alike(server):
         assert head.content == b""
         assert head.headers["content-length"] == str(len(got.content))
         assert got.headers["cache-control"] == "no-store"
+
+
+async def test_stats_give_no_memory_growth_before_its_window(server):
+    kpis = (await server.stats())["kpis"]
+    # A fresh server has not run past the warm-up and the window: no extrapolated figure.
+    assert kpis["rss_growth_mb_per_hour"] is None
+    assert kpis["rss_growth_window_s"] == 0.0
+    assert kpis["rss_growth_min_window_s"] == 600.0
+
+
+async def test_a_slash_redirect_answers_json(server):
+    response = await server.http.get("/api//sessions/configurations")  # merged by a redirect
+    assert response.status_code == 308
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["location"].endswith("/api/sessions/configurations")
+    assert response.json()["location"] == response.headers["location"]
+
+
+async def test_the_reference_documents_every_route(server):
+    from bridge_actors._app import CreateSessionBody
+
+    response = await server.http.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    app_rules = {
+        (rule.rule, method)
+        for rule in _app_of(server).url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods
+        if method not in ("HEAD", "OPTIONS")
+    }
+    documented = {
+        (re.sub(r"\{(\w+)\}", r"<\1>", path), method.upper())
+        for path, operations in paths.items()
+        for method in operations
+    }
+    assert documented == app_rules
+    create = paths["/api/sessions/create"]["post"]
+    schema = create["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == CreateSessionBody.model_json_schema()
+    assert set(schema["required"]) == {"device_type", "ios_version"}
+    assert paths["/api/sessions/{session_id}"]["get"]["parameters"][0]["name"] == "session_id"
+    assert paths["/ws/{session_id}/video"]["get"]["tags"] == ["websocket"]
+    assert "4004" in paths["/ws/{session_id}/video"]["get"]["description"]
+    assert all(op["summary"] for ops in paths.values() for op in ops.values())
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["success", "detail"]
+
+
+async def test_the_docs_page_and_its_script_are_served_locally(server):
+    page = await server.http.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(source.startswith("/") for source in sources)  # no CDN
+    for source in sources:
+        assert (await server.http.get(source)).status_code == 200, source
+
+
+async def test_every_error_body_has_the_same_shape(server):
+    sid = server.session_id
+    answers = [
+        await server.http.get("/api/sessions/nope"),
+        await server.http.delete("/api/sessions/nope"),
+        await server.http.post("/api/sessions"),
+        await server.http.put(f"/api/sessions/{sid}"),
+        await server.http.get("/no/such/route"),
+        await server.http.post("/api/sessions/create", data={"device_type": "x"}),
+        await server.http.get(f"/webrtc/quality/{sid}/extreme"),
+        await server.http.post(f"/api/sessions/{sid}/recording/start"),
+    ]
+    for response in answers:
+        assert response.status_code >= 400, response.request.url
+        body = response.json()
+        assert body["success"] is False and isinstance(body["detail"], str), body
+
+
+def _app_of(server):
+    from bridge_actors._app import create_app
+
+    return create_app(server.bridge)

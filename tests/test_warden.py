@@ -8,6 +8,9 @@ import trio
 
 from bridge_actors._errors import InvalidSettings
 from bridge_actors._warden import (
+    GROWTH_WARMUP,
+    Growth,
+    GrowthMeter,
     MemorySample,
     MemoryWarden,
     PsutilProbe,
@@ -97,8 +100,10 @@ class FakeTarget:
         self.admission.append(allowed)
 
 
-def make_warden(probe: FakeProbe, target: FakeTarget, limit_mb: float = 1000.0) -> MemoryWarden:
-    return MemoryWarden(target, limit_mb=limit_mb, interval=30.0, probe=probe)
+def make_warden(
+    probe: FakeProbe, target: FakeTarget, limit_mb: float = 1000.0, **options
+) -> MemoryWarden:
+    return MemoryWarden(target, limit_mb=limit_mb, interval=30.0, probe=probe, **options)
 
 
 # --- warden ----------------------------------------------------------------------------------
@@ -235,7 +240,7 @@ async def test_each_tier_change_is_logged_once(autojump_clock, caplog):
     assert warden.statistics().memory_cleanups == 10
 
 
-async def test_run_checks_every_interval_and_tracks_growth(autojump_clock):
+async def test_run_checks_every_interval_and_tracks_growth_after_the_warm_up(autojump_clock):
     probe = FakeProbe(100.0)
     warden = make_warden(probe, FakeTarget(probe))
     with trio.fail_after(10_000):
@@ -243,26 +248,48 @@ async def test_run_checks_every_interval_and_tracks_growth(autojump_clock):
             await nursery.start(warden.run)
             start = trio.current_time()
             await trio.sleep(1.0)
-            probe.rss_mb = 110.0
-            await trio.sleep_until(start + 3600.0 + 1.0)
+            probe.rss_mb = 400.0  # start-up: allocated once, not a leak
+            await trio.sleep_until(start + GROWTH_WARMUP + 1.0)
+            # From here 10 MB an hour, a step per sample.
+            while trio.current_time() < start + 3600.0:
+                await trio.sleep(30.0)
+                probe.rss_mb += 10.0 * 30.0 / 3600.0
             nursery.cancel_scope.cancel()
     stats = warden.statistics()
     assert stats.samples == 3600 // 30 + 1
     assert stats.start_rss_mb == 100.0
-    assert stats.rss_growth_mb_per_hour == pytest.approx(10.0)
+    assert stats.rss_growth_mb_per_hour == pytest.approx(10.0, rel=0.05)
+    assert stats.rss_growth.window_s == pytest.approx(3600.0 - GROWTH_WARMUP, abs=31)
+    assert stats.rss_growth.warmup_s == GROWTH_WARMUP
 
 
-async def test_growth_is_zero_until_a_second_has_passed(autojump_clock):
+async def test_growth_is_null_until_the_window_is_long_enough(autojump_clock):
     probe = FakeProbe(100.0)
-    warden = make_warden(probe, FakeTarget(probe))
+    warden = make_warden(probe, FakeTarget(probe), growth=GrowthMeter(warmup=60, min_window=600))
     await warden.check()
-    probe.rss_mb = 200.0
-    await trio.sleep(0.5)
+    probe.rss_mb = 300.0  # the warm-up's growth is never counted
+    await trio.sleep(60)
     await warden.check()
-    assert warden.statistics().rss_growth_mb_per_hour == 0.0
-    await trio.sleep(0.5)
+    assert warden.statistics().rss_growth == Growth(None, 0.0, 600.0, 60.0)
+    probe.rss_mb = 310.0
+    await trio.sleep(599)
     await warden.check()
-    assert warden.statistics().rss_growth_mb_per_hour == pytest.approx(100.0 * 3600)
+    stats = warden.statistics()
+    assert stats.rss_growth_mb_per_hour is None  # 599 s: not yet
+    assert stats.rss_growth.window_s == 599.0
+    probe.rss_mb = 320.0
+    await trio.sleep(1)
+    await warden.check()
+    growth = warden.statistics().rss_growth
+    assert growth.window_s == 600.0
+    assert growth.mb_per_hour == pytest.approx(20.0 / 600 * 3600)
+
+
+def test_growth_meter_settings_are_checked():
+    with pytest.raises(InvalidSettings, match="min_window"):
+        GrowthMeter(min_window=0)
+    with pytest.raises(InvalidSettings, match="warmup"):
+        GrowthMeter(warmup=-1)
 
 
 async def test_default_probe_runs_in_a_thread_and_measures_this_process():

@@ -488,3 +488,31 @@ async def test_viewer_reads_the_binary_header_and_scales_to_points(
         }
         assert point == {"x": 200, "y": 843}  # 600 px / 3; below the screen clamps to its edge
         assert ui.problems == []
+
+
+async def test_viewer_opens_on_the_initial_session_and_on_each_one_it_creates(
+    browser: BrowserThread, tmp_path: Path
+) -> None:
+    """What the README promises: start the server, open the page, and a device is streaming."""
+    async with (
+        running_server(tmp_path / "state") as server,
+        open_ui(browser, server.url + "/") as ui,
+    ):
+        initial = server.bridge.get_session(server.session_id)
+        await ui.wait_for("s.sessionId === arg && s.framesDrawn >= 1", initial.session_id)
+        assert await ui(text_of, "#viewer-heading") != "No session open"
+        assert initial.session_id[:8] in await ui(text_of, "#viewer-heading")
+        # The form offers the version the initial session runs, not merely the first listed.
+        offered = await ui(lambda page: page.eval_on_selector_all(
+            "#ios-version option", "options => options.map(o => o.value)"))  # fmt: skip
+        assert offered[0] != initial.device.ios_version  # else this would prove nothing
+        version = await ui(lambda page: page.input_value("#ios-version"))
+        assert version == initial.device.ios_version
+
+        # A session created from the form is opened at once.
+        await ui(create_session, "iPad (simulated)")
+        [created] = [s for s in server.bridge.list_sessions() if s is not initial]
+        assert created.device.ios_version == initial.device.ios_version
+        await ui.wait_for("s.sessionId === arg && s.framesDrawn >= 1", created.session_id)
+        assert "iPad (simulated)" in await ui(text_of, "#viewer-heading")
+        assert ui.problems == []

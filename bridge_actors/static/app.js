@@ -800,6 +800,14 @@
       }, SESSION_REFRESH_MS);
     }
 
+    /** Pick ``version`` in the form when it is offered (the version of the session in view). */
+    preferVersion(version) {
+      const select = $("ios-version");
+      if (version && [...select.options].some((option) => option.value === version)) {
+        select.value = version;
+      }
+    }
+
     async loadConfigurations() {
       const deviceSelect = $("device-type");
       const versionSelect = $("ios-version");
@@ -842,6 +850,7 @@
         showNotice(`Created session ${shortId(body.session_id)} (${fields.get("device_type")}).`);
         logEvent(`created session ${shortId(body.session_id)}`);
         await this.refresh();
+        viewer.open(body.session_id); // what the user created it for
         const item = this.items.get(body.session_id);
         if (item) item.querySelector("[data-action=open]").focus();
       } catch (error) {
@@ -975,10 +984,15 @@
     viewer = new Viewer();
     window.bridgeViewer.viewer = viewer;
     window.bridgeViewer.sessions = sessions;
-    sessions.loadConfigurations();
-    sessions.refresh().then(() => {
+    // The page opens on a device: the one linked, else the first created (the server's
+    // initial session), and the form offers that session's version.
+    Promise.all([sessions.loadConfigurations(), sessions.refresh()]).then(() => {
       const linked = /^#session=(.+)$/.exec(location.hash);
-      if (linked) viewer.open(decodeURIComponent(linked[1]));
+      const first = [...state.sessions].sort((a, b) => (a.created_at || 0) - (b.created_at || 0))[0];
+      const wanted = linked ? decodeURIComponent(linked[1]) : first && first.session_id;
+      if (wanted && !viewer.sessionId) viewer.open(wanted);
+      const shown = state.sessions.find((session) => session.session_id === wanted) || first;
+      if (shown) sessions.preferVersion(shown.ios_version);
     });
   }
 
