@@ -19,8 +19,8 @@ from ._backend import (
     parse_control,
 )
 from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
-from ._checks import exception_leaves
-from ._errors import BadInput, BridgeError, DeviceError
+from ._checks import one_exception
+from ._errors import BadInput, DeviceError
 from ._fanout import Viewer
 from ._lifeline import Lifeline
 from ._logstream import LogSubscription
@@ -284,9 +284,11 @@ async def open_bridge(
 ) -> AsyncIterator[Bridge]:
     """Run the bridge's actors for the duration of the block.
 
-    Works inside a caller's own nursery. A failure comes out as one plain
-    exception, never an exception group: a single error is re-raised as it is;
-    several are wrapped in one BridgeError naming them.
+    Works inside a caller's own nursery. A cancellation from outside comes out
+    as that cancellation, so the caller's ``move_on_after`` or nursery just ends.
+    A failure comes out as one plain exception, never an exception group: a
+    single error is re-raised as it is; several are wrapped in one BridgeError
+    naming them.
     """
     settings = settings if settings is not None else load_settings()
     encode_limiter = trio.CapacityLimiter(settings.encode_threads)
@@ -317,12 +319,8 @@ async def open_bridge(
                 log.debug("final statistics: %s", bridge.final_statistics)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = exception_leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise BridgeError(
-            "bridge failed: " + "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
-        ) from group
+        error = one_exception(group, "bridge")
+        raise error from error.__cause__  # its own cause, not the group around it
 
 
 __all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "open_bridge"]
