@@ -44,7 +44,6 @@ __all__ = ["AppState", "app_state", "create_app"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 SERVICE_NAME = "bridge_actors"
-ACCESS_CHECK_TIMEOUT = 5.0
 MAX_FIELD_LENGTH = 200
 SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
@@ -244,13 +243,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
         except SessionNotFound:
             # The compatible clients read this as a 200 with an error inside.
             return {"error": "Session not found", "status_code": 404}
-        accessible = await _is_accessible(session)
+        await session.refresh()  # this route is the client's "is it up now?": ask first
         return {
             "session_id": session.session_id,
             "udid": session.device.udid,
-            "simulator_accessible": accessible,
+            "simulator_accessible": session.accessible,
             "session_info": session.info(),
-            "status": "healthy" if accessible else "offline",
+            "status": session.status,
         }
 
     # -- sessions ------------------------------------------------------------------------------
@@ -545,15 +544,6 @@ def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:
 def _header_token(filename: str) -> str:
     """The filename as ios-bridge sends it (bare), quoted only when it holds a space."""
     return f'"{filename}"' if " " in filename else filename
-
-
-async def _is_accessible(session) -> bool:
-    with trio.move_on_after(ACCESS_CHECK_TIMEOUT):
-        try:
-            return bool(await session.backend.is_accessible(session.device))
-        except (DeviceError, OSError):
-            return False
-    return False
 
 
 # --- statistics as JSON -----------------------------------------------------------------------

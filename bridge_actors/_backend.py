@@ -320,9 +320,18 @@ class FrameSink(Protocol):
 class DeviceBackend(Protocol):
     """One kind of device. Every method may raise DeviceError or BadInput; ``capture``
     and ``stream_logs`` run until cancelled, and raising from them counts as a crash
-    that the capture supervisor restarts."""
+    that the capture supervisor restarts.
+
+    Every method is part of the contract, none is optional: the bridge calls each
+    one directly and never asks whether a backend has it, so a backend that lacks
+    one fails where it is made, not in the middle of a request.
+    """
 
     name: str
+
+    async def check(self) -> None:
+        """Before the bridge starts: raise DeviceError saying what is missing (a tool,
+        a source) and how to get it, so that start-up fails instead of the first request."""
 
     async def configurations(self) -> Configurations: ...
 
@@ -338,6 +347,10 @@ class DeviceBackend(Protocol):
         """Devices this bridge created (never a user's own) that no session owns."""
 
     async def is_accessible(self, device: DeviceInfo) -> bool: ...
+
+    async def device_state(self, device: DeviceInfo) -> str:
+        """The device's state in simctl's words ("Booting", "Booted", "Shutdown"...),
+        "Missing" once it is gone. Sessions ask it from their own task, never a view."""
 
     async def capture(self, device: DeviceInfo, sink: FrameSink, *, fps: int) -> None: ...
 

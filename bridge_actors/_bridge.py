@@ -297,9 +297,7 @@ async def open_bridge(
 
         backends = make_backends(settings, encode_limiter)
     for backend in backends.values():
-        check = getattr(backend, "check", None)
-        if check is not None:
-            await check()
+        await backend.check()
     bridge = Bridge(settings, dict(backends), memory_probe)
     try:
         async with trio.open_nursery() as nursery:

@@ -399,6 +399,11 @@ class MediaBackend:
 
     # -- lifecycle --
 
+    async def check(self) -> None:
+        """Each source was parsed when the backend was made, and is opened (so proven
+        to work) when a session is created on it; nothing more to check before start."""
+        await trio.lowlevel.checkpoint()
+
     async def configurations(self) -> Configurations:
         await trio.lowlevel.checkpoint()
         return Configurations(tuple(self._sources), (MEDIA_VERSION,))
@@ -461,6 +466,11 @@ class MediaBackend:
         """Configured is accessible: probing a camera here would fight its capture."""
         await trio.lowlevel.checkpoint()
         return device.device_type in self._sources
+
+    async def device_state(self, device: DeviceInfo) -> str:
+        """A source that is still configured counts as up (see ``is_accessible``)."""
+        await trio.lowlevel.checkpoint()
+        return "Booted" if device.device_type in self._sources else "Missing"
 
     # -- driving and watching --
 

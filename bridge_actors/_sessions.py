@@ -59,7 +59,12 @@ class Session:
         self.device = device
         self.backend = backend
         self.created_at = time.time() if created_at is None else created_at
+        # What the backend last said about the device, refreshed by the session's own
+        # task (``_watch_device``): the views read these and never call the backend,
+        # so a listing of many sessions costs no device call and cannot hang on one.
         self.accessible = True
+        self.state = "Unknown"
+        self.checked_at: float | None = None
         self.scope = trio.CancelScope()
         self.done = trio.Event()
         self.logs: LogStream | None = None
@@ -78,23 +83,38 @@ class Session:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     self.logs = LogStream(self.backend, self.device, nursery)
-                    nursery.start_soon(self._watch_health)
+                    # Known before the session is shown to anyone: the answer to the
+                    # create request already says whether the device is still booting.
+                    await self.refresh()
+                    nursery.start_soon(self._watch_device)
                     task_status.started(self)
                     await trio.sleep_forever()
         finally:
             self.done.set()
 
-    async def _watch_health(self) -> None:
+    async def refresh(self) -> None:
+        """Ask the backend how the device is, within ``HEALTH_CHECK_TIMEOUT``.
+
+        A failing or hanging backend makes the device offline, never the session
+        crash: the answer is only ever shown, and the next round asks again.
+        """
+        with trio.move_on_after(HEALTH_CHECK_TIMEOUT) as timeout:
+            try:
+                state = await self.backend.device_state(self.device)
+                accessible = await self.backend.is_accessible(self.device)
+            except Exception as exc:
+                log.warning("health check of %s failed: %r", self.session_id, exc)
+                state, accessible = "Unknown", False
+        if timeout.cancelled_caught:
+            log.warning("health check of %s took over %gs", self.session_id, HEALTH_CHECK_TIMEOUT)
+            state, accessible = "Unknown", False
+        self.state, self.accessible = state, bool(accessible)
+        self.checked_at = time.time()
+
+    async def _watch_device(self) -> None:
         while True:
             await trio.sleep(HEALTH_CHECK_INTERVAL)
-            with trio.move_on_after(HEALTH_CHECK_TIMEOUT) as timeout:
-                try:
-                    self.accessible = await self.backend.is_accessible(self.device)
-                except Exception as exc:
-                    log.warning("health check of %s failed: %r", self.session_id, exc)
-                    self.accessible = False
-            if timeout.cancelled_caught:
-                self.accessible = False
+            await self.refresh()
 
     def adopt(self, lifeline: Lifeline) -> None:
         if self.scope.cancel_called:
@@ -137,11 +157,6 @@ class Session:
         self.applied_input_seq = max(self.applied_input_seq, input_seq)
 
     # -- views -------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        device_state = getattr(self.backend, "device_state", None)
-        return device_state(self.device) if device_state else "Booted"
 
     @property
     def status(self) -> str:
