@@ -15,8 +15,10 @@ from ._backend import (
     Configurations,
     ControlEvent,
     DeviceBackend,
+    Key,
     Screenshot,
     parse_control,
+    resolve_key,
 )
 from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
 from ._checks import one_exception
@@ -196,6 +198,9 @@ class Bridge:
         """Apply a control event (or its JSON form); returns its input_seq once applied."""
         if not isinstance(event, ControlEvent):
             event = parse_control(event)
+        elif isinstance(event, Key):
+            # Every backend receives a key by its canonical name, however it was given.
+            event = Key(resolve_key(event.key), event.duration)
         return await self.registry.control(session_id, event)
 
     async def screenshot(self, session_id: str) -> Screenshot:

@@ -146,7 +146,10 @@ def test_only_names_this_bridge_gives_are_ours(name, ours):
         (Key("Enter"), ["ui", "key", "40"]),
         (Key("ArrowUp", 0.25), ["ui", "key", "82", "--duration", "0.25"]),
         (Key("a"), ["ui", "key", "4"]),
-        (Key("0"), ["ui", "key", "39"]),
+        (Key("digit0"), ["ui", "key", "39"]),
+        (Key("9"), ["ui", "key", "9"]),  # a number is a HID usage code: 9 is the F key
+        (Key("Digit9"), ["ui", "key", "38"]),
+        (Key("100"), ["ui", "key", "100"]),  # a key without a name here, by its code
         (Key("A"), ["ui", "text", "--udid", "U", "--", "A"]),
         (Key("42"), ["ui", "key", "42"]),
     ],
