@@ -24,6 +24,12 @@ class Configurations:
     ios_versions: tuple[str, ...]
 
 
+MAX_SCREEN_SIDE = 8192  # pixels or points; larger than any device screen, and what media allows
+MAX_DEVICE_TEXT = 200
+_DEVICE_TEXT_FIELDS = ("udid", "name", "device_type", "ios_version", "backend")
+_DEVICE_SIZE_FIELDS = ("point_width", "point_height", "pixel_width", "pixel_height")
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """A device a backend created. Persisted with its session, so only plain values."""
@@ -43,8 +49,40 @@ class DeviceInfo:
         return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> DeviceInfo:
-        return cls(**{name: record[name] for name in cls.__slots__ if name in record})
+    def from_record(cls, record: Any, field: str = "device") -> DeviceInfo:
+        """The device a stored record describes, every value checked.
+
+        A record comes from a file a person may have edited or a crash may have
+        damaged; a value of the wrong type or an impossible screen size would
+        otherwise surface much later, as a 500 from a screenshot or a TypeError
+        at start-up. Raises BadInput naming the first wrong field (``device.udid``).
+        Keys it does not know are ignored, so a newer version's records still load.
+        """
+        if not isinstance(record, Mapping):
+            raise BadInput(field, f"must be an object, not {type(record).__name__}")
+        values: dict[str, Any] = {}
+        for name in _DEVICE_TEXT_FIELDS:
+            value = record.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInput(f"{field}.{name}", f"must be a non-empty string, not {value!r:.80}")
+            if len(value) > MAX_DEVICE_TEXT or not value.isprintable():
+                raise BadInput(
+                    f"{field}.{name}", f"must be printable and at most {MAX_DEVICE_TEXT} characters"
+                )
+            values[name] = value
+        for name in _DEVICE_SIZE_FIELDS:
+            value = record.get(name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadInput(f"{field}.{name}", f"must be a whole number, not {value!r:.80}")
+            if not 1 <= value <= MAX_SCREEN_SIDE:
+                raise BadInput(
+                    f"{field}.{name}", f"must be from 1 to {MAX_SCREEN_SIDE}, not {value}"
+                )
+            values[name] = value
+        source = record.get("source", "")
+        if not isinstance(source, str) or len(source) > 4 * MAX_DEVICE_TEXT:
+            raise BadInput(f"{field}.source", f"must be a string, not {source!r:.80}")
+        return cls(**values, source=source)
 
 
 BINARY_MAGIC = b"BAV1"

@@ -28,7 +28,13 @@ from ._lifeline import Lifeline
 from ._logstream import LogSubscription
 from ._persist import SessionStore, StoreStatistics
 from ._ratelimit import RateLimiter, RateLimiterStatistics
-from ._sessions import Connection, RegistryStatistics, Session, SessionRegistry
+from ._sessions import (
+    Connection,
+    RegistryStatistics,
+    Session,
+    SessionRegistry,
+    session_record_problem,
+)
 from ._settings import Settings, load_settings
 from ._warden import MemorySample, MemoryWarden, WardenStatistics
 
@@ -96,7 +102,7 @@ class Bridge:
             interval=settings.memory_check_interval,
             probe=memory_probe,
         )
-        self.store = SessionStore(settings.state_dir)
+        self.store = SessionStore(settings.state_dir, check=session_record_problem)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.client_connections = 0
         self.client_disconnections = 0

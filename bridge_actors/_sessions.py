@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,48 @@ log = logging.getLogger("bridge_actors.sessions")
 
 HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = 5.0
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what a URL path segment carries as it is
+
+
+# --- stored records (pure) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    session_id: str
+    created_at: float | None
+    device: DeviceInfo
+
+
+def session_from_record(record: Any) -> StoredSession:
+    """A stored session record, every value checked; raises BadInput naming the field."""
+    if not isinstance(record, Mapping):
+        raise BadInput("record", f"must be an object, not {type(record).__name__}")
+    session_id = record.get("session_id")
+    if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id):
+        raise BadInput(
+            "session_id", f"must be 1 to 128 letters, digits, '_' or '-', not {session_id!r:.80}"
+        )
+    created_at = record.get("created_at")
+    if created_at is not None and (
+        isinstance(created_at, bool)
+        or not isinstance(created_at, int | float)
+        or not math.isfinite(created_at)
+        or created_at < 0
+    ):
+        raise BadInput("created_at", f"must be epoch seconds, not {created_at!r:.80}")
+    device = DeviceInfo.from_record(record.get("device"))
+    return StoredSession(session_id, None if created_at is None else float(created_at), device)
+
+
+def session_record_problem(record: Mapping[str, Any]) -> str | None:
+    """What is wrong with a stored record (for ``SessionStore(check=...)``), or None."""
+    try:
+        session_from_record(record)
+    except BadInput as problem:
+        return str(problem)
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -403,19 +448,25 @@ class SessionRegistry:
             log.error("could not save sessions: %r", exc)
 
     async def _restore(self) -> None:
-        result = await self._store.load()
+        try:
+            result = await self._store.load()
+        except IsADirectoryError:
+            raise BridgeError(
+                f"the session file {self._store.path} is a directory, not a file: "
+                "move it away, or choose another state directory (--state-dir)"
+            ) from None
+        except OSError as exc:
+            raise BridgeError(
+                f"cannot read the session file {self._store.path}: {exc.strerror or exc}"
+            ) from exc
         self.load_problem = result.problem
         if result.problem:
             log.error("session file: %s (kept as %s)", result.problem, result.quarantined)
         for record in result.records:
-            try:
-                device = DeviceInfo.from_record(record["device"])
-                session_id = str(record["session_id"])
-                created_at = float(record.get("created_at") or time.time())
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("session record %r is unusable (%r); kept in the file", record, exc)
-                self._unrestored.append(record)
-                continue
+            # The store refused every record this cannot read (SessionStore(check=...)).
+            stored = session_from_record(record)
+            session_id, device = stored.session_id, stored.device
+            created_at = time.time() if stored.created_at is None else stored.created_at
             backend = self._backends.get(device.backend)
             if backend is None:
                 log.warning(
