@@ -305,11 +305,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/api/sessions/")
     async def list_sessions() -> dict[str, Any]:
-        return {"success": True, "sessions": [s.list_item() for s in bridge.list_sessions()]}
+        items = [s.list_item() for s in bridge.list_sessions()]
+        items += [held.list_item() for held in bridge.list_held_sessions()]
+        return {"success": True, "sessions": items}
 
     @app.delete("/api/sessions/")
     async def delete_all_sessions() -> dict[str, Any]:
-        count = await bridge.delete_all_sessions()
+        count = await bridge.delete_all_sessions(force=_force_flag())
         return {"success": True, "deleted_count": count, "message": f"Deleted {count} sessions"}
 
     @app.post("/api/sessions/recover-orphaned")
@@ -340,7 +342,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.delete("/api/sessions/<session_id>")
     async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
         try:
-            await bridge.delete_session(session_id)
+            await bridge.delete_session(session_id, force=_force_flag())
         except SessionNotFound:
             return {"success": False, "detail": "Session not found"}, 404
         return {"success": True, "message": f"Session {session_id} deleted"}, 200
@@ -521,6 +523,16 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
     if len(value) > MAX_FIELD_LENGTH:
         raise BadInput(name, f"must be at most {MAX_FIELD_LENGTH} characters")
     return value
+
+
+def _force_flag() -> bool:
+    """``?force=true`` on a delete: forget the session even if its device cannot be deleted."""
+    value = request.args.get("force", "false").strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise BadInput("force", f"must be true or false, not {value[:20]!r}")
 
 
 def _client_ip() -> str:

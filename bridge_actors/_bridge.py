@@ -30,6 +30,7 @@ from ._persist import SessionStore, StoreStatistics
 from ._ratelimit import RateLimiter, RateLimiterStatistics
 from ._sessions import (
     Connection,
+    HeldSession,
     RegistryStatistics,
     Session,
     SessionRegistry,
@@ -141,11 +142,18 @@ class Bridge:
     def list_sessions(self) -> list[Session]:
         return self.registry.sessions()
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.registry.delete(session_id)
+    def list_held_sessions(self) -> list[HeldSession]:
+        """Stored sessions not running: not restored yet, backend not enabled, or not
+        deleted because their device could not be. Kept until deleted (or running again)."""
+        return self.registry.held()
 
-    async def delete_all_sessions(self) -> int:
-        return await self.registry.delete_all()
+    async def delete_session(self, session_id: str, *, force: bool = False) -> None:
+        """Raises DeleteFailed, keeping the session, if its device cannot be deleted;
+        ``force`` forgets it anyway."""
+        await self.registry.delete(session_id, force=force)
+
+    async def delete_all_sessions(self, *, force: bool = False) -> int:
+        return await self.registry.delete_all(force=force)
 
     async def recover_orphaned(self) -> int:
         return await self.registry.recover_orphaned()

@@ -238,6 +238,8 @@ def xcrun():
         save("state.json", STATE)
     elif command == "delete":
         find(rest[0])
+        if BEHAVIOUR.get("delete") == "fail":
+            fail("Unable to delete device: the device is in use", 149)
         for runtime, ds in STATE["devices"].items():
             STATE["devices"][runtime] = [d for d in ds if d["udid"] != rest[0]]
         save("state.json", STATE)
