@@ -39,6 +39,8 @@ log = logging.getLogger("bridge_actors.sessions")
 
 HEALTH_CHECK_INTERVAL = 10.0
 HEALTH_CHECK_TIMEOUT = 5.0
+# The first check runs inside the create request, whose answer is due within 10 s.
+FIRST_CHECK_TIMEOUT = 1.0
 DEVICE_CALL_TIMEOUT = 30.0  # one restore or delete of a device
 RESTORE_RETRY_INITIAL = 5.0
 RESTORE_RETRY_MAX = 300.0
@@ -117,7 +119,7 @@ class Session:
         # What the backend last said about the device, refreshed by the session's own
         # task (``_watch_device``): the views read these and never call the backend,
         # so a listing of many sessions costs no device call and cannot hang on one.
-        self.accessible = True
+        self.accessible = False
         self.state = "Unknown"
         self.checked_at: float | None = None
         self.scope = trio.CancelScope()
@@ -140,7 +142,8 @@ class Session:
                     self.logs = LogStream(self.backend, self.device, nursery)
                     # Known before the session is shown to anyone: the answer to the
                     # create request already says whether the device is still booting.
-                    await self.refresh()
+                    with trio.move_on_after(FIRST_CHECK_TIMEOUT):
+                        await self.refresh()  # if it takes longer: "Unknown" until the next
                     nursery.start_soon(self._watch_device)
                     task_status.started(self)
                     await trio.sleep_forever()
@@ -153,14 +156,14 @@ class Session:
         A failing or hanging backend makes the device offline, never the session
         crash: the answer is only ever shown, and the next round asks again.
         """
-        with trio.move_on_after(HEALTH_CHECK_TIMEOUT) as timeout:
+        with trio.move_on_after(HEALTH_CHECK_TIMEOUT) as waited:
             try:
                 state = await self.backend.device_state(self.device)
                 accessible = await self.backend.is_accessible(self.device)
             except Exception as exc:
                 log.warning("health check of %s failed: %r", self.session_id, exc)
                 state, accessible = "Unknown", False
-        if timeout.cancelled_caught:
+        if waited.cancelled_caught:
             log.warning("health check of %s took over %gs", self.session_id, HEALTH_CHECK_TIMEOUT)
             state, accessible = "Unknown", False
         self.state, self.accessible = state, bool(accessible)
