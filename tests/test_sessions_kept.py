@@ -309,6 +309,8 @@ async def test_a_session_whose_simulator_is_gone_is_listed_and_kept(tmp_path, io
         ]
         stats = (await server.stats())["sessions"]
         assert stats["unrestored"] == 1 and stats["restored"] == 0
+        metrics = (await server.http.get("/metrics")).text
+        assert "\nbridge_sessions_held 1.0\n" in metrics
         [held] = stats["held"]
         assert held["session_id"] == session_id and held["state"] == UNRESTORED
         assert held["reason"] == f"device {udid} is gone" and held["attempts"] == 1
