@@ -50,7 +50,6 @@ __all__ = ["AppState", "app_state", "create_app"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 SERVICE_NAME = "bridge_actors"
-ACCESS_CHECK_TIMEOUT = 5.0
 MAX_FIELD_LENGTH = 200
 SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
@@ -283,13 +282,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
         except SessionNotFound:
             # The compatible clients read this as a 200 with an error inside.
             return {"error": "Session not found", "status_code": 404}
-        accessible = await _is_accessible(session)
+        await session.refresh()  # this route is the client's "is it up now?": ask first
         return {
             "session_id": session.session_id,
             "udid": session.device.udid,
-            "simulator_accessible": accessible,
+            "simulator_accessible": session.accessible,
             "session_info": session.info(),
-            "status": "healthy" if accessible else "offline",
+            "status": session.status,
         }
 
     # -- sessions ------------------------------------------------------------------------------
@@ -365,13 +364,15 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/api/sessions/")
     async def list_sessions() -> dict[str, Any]:
-        """Every session."""
-        return {"success": True, "sessions": [s.list_item() for s in bridge.list_sessions()]}
+        """Every session, held ones (not running: unrestored, delete failed) included."""
+        items = [s.list_item() for s in bridge.list_sessions()]
+        items += [held.list_item() for held in bridge.list_held_sessions()]
+        return {"success": True, "sessions": items}
 
     @app.delete("/api/sessions/")
     async def delete_all_sessions() -> dict[str, Any]:
-        """Delete every session and its device."""
-        count = await bridge.delete_all_sessions()
+        """Delete every session and its device (``?force=true`` forgets undeletable ones)."""
+        count = await bridge.delete_all_sessions(force=_force_flag())
         return {"success": True, "deleted_count": count, "message": f"Deleted {count} sessions"}
 
     @app.post("/api/sessions/recover-orphaned")
@@ -406,7 +407,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
         """Delete one session and its device."""
         try:
-            await bridge.delete_session(session_id)
+            await bridge.delete_session(session_id, force=_force_flag())
         except SessionNotFound:
             return {"success": False, "detail": "Session not found"}, 404
         return {"success": True, "message": f"Session {session_id} deleted"}, 200
@@ -629,6 +630,16 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _force_flag() -> bool:
+    """``?force=true`` on a delete: forget the session even if its device cannot be deleted."""
+    value = request.args.get("force", "false").strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise BadInput("force", f"must be true or false, not {value[:20]!r}")
+
+
 def _client_ip(settings: Settings) -> str:
     return connection_client(request, settings.trusted_proxies)
 
@@ -650,15 +661,6 @@ def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:
 def _header_token(filename: str) -> str:
     """The filename as ios-bridge sends it (bare), quoted only when it holds a space."""
     return f'"{filename}"' if " " in filename else filename
-
-
-async def _is_accessible(session) -> bool:
-    with trio.move_on_after(ACCESS_CHECK_TIMEOUT):
-        try:
-            return bool(await session.backend.is_accessible(session.device))
-        except (DeviceError, OSError):
-            return False
-    return False
 
 
 # --- statistics as JSON -----------------------------------------------------------------------

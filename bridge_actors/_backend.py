@@ -24,6 +24,12 @@ class Configurations:
     ios_versions: tuple[str, ...]
 
 
+MAX_SCREEN_SIDE = 8192  # pixels or points; larger than any device screen, and what media allows
+MAX_DEVICE_TEXT = 200
+_DEVICE_TEXT_FIELDS = ("udid", "name", "device_type", "ios_version", "backend")
+_DEVICE_SIZE_FIELDS = ("point_width", "point_height", "pixel_width", "pixel_height")
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """A device a backend created. Persisted with its session, so only plain values."""
@@ -43,8 +49,40 @@ class DeviceInfo:
         return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> DeviceInfo:
-        return cls(**{name: record[name] for name in cls.__slots__ if name in record})
+    def from_record(cls, record: Any, field: str = "device") -> DeviceInfo:
+        """The device a stored record describes, every value checked.
+
+        A record comes from a file a person may have edited or a crash may have
+        damaged; a value of the wrong type or an impossible screen size would
+        otherwise surface much later, as a 500 from a screenshot or a TypeError
+        at start-up. Raises BadInput naming the first wrong field (``device.udid``).
+        Keys it does not know are ignored, so a newer version's records still load.
+        """
+        if not isinstance(record, Mapping):
+            raise BadInput(field, f"must be an object, not {type(record).__name__}")
+        values: dict[str, Any] = {}
+        for name in _DEVICE_TEXT_FIELDS:
+            value = record.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInput(f"{field}.{name}", f"must be a non-empty string, not {value!r:.80}")
+            if len(value) > MAX_DEVICE_TEXT or not value.isprintable():
+                raise BadInput(
+                    f"{field}.{name}", f"must be printable and at most {MAX_DEVICE_TEXT} characters"
+                )
+            values[name] = value
+        for name in _DEVICE_SIZE_FIELDS:
+            value = record.get(name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadInput(f"{field}.{name}", f"must be a whole number, not {value!r:.80}")
+            if not 1 <= value <= MAX_SCREEN_SIDE:
+                raise BadInput(
+                    f"{field}.{name}", f"must be from 1 to {MAX_SCREEN_SIDE}, not {value}"
+                )
+            values[name] = value
+        source = record.get("source", "")
+        if not isinstance(source, str) or len(source) > 4 * MAX_DEVICE_TEXT:
+            raise BadInput(f"{field}.source", f"must be a string, not {source!r:.80}")
+        return cls(**values, source=source)
 
 
 BINARY_MAGIC = b"BAV1"
@@ -216,6 +254,98 @@ class Key:
     duration: float | None = None
 
 
+# --- keys: one table, one meaning for every path -----------------------------------------------
+
+
+def _key_table() -> tuple[dict[str, int], dict[int, str]]:
+    """Key names and their USB HID usage codes (keyboard page), which ``idb ui key`` takes.
+
+    The first name given for a code is its canonical one, the name every backend
+    receives; the others (``return``, ``esc``, ``right``, a bare ``" "``) are aliases.
+    """
+    names: list[tuple[str, int]] = [(chr(ord("a") + i), 4 + i) for i in range(26)]
+    names += [(f"digit{digit}", 29 + digit) for digit in range(1, 10)] + [("digit0", 39)]
+    names += [
+        ("enter", 40),
+        ("escape", 41),
+        ("backspace", 42),
+        ("tab", 43),
+        ("space", 44),
+        *zip("-=[]\\", range(45, 50), strict=True),
+        *zip(";'`,./", range(51, 57), strict=True),
+        ("capslock", 57),
+        *((f"f{n}", 57 + n) for n in range(1, 13)),
+        ("insert", 73),
+        ("home", 74),
+        ("pageup", 75),
+        ("delete", 76),
+        ("end", 77),
+        ("pagedown", 78),
+        ("arrowright", 79),
+        ("arrowleft", 80),
+        ("arrowdown", 81),
+        ("arrowup", 82),
+        # aliases
+        ("return", 40),
+        ("esc", 41),
+        (" ", 44),
+        ("right", 79),
+        ("left", 80),
+        ("down", 81),
+        ("up", 82),
+    ]
+    codes: dict[str, int] = {}
+    canonical: dict[int, str] = {}
+    for name, code in names:
+        codes[name] = code
+        canonical.setdefault(code, name)
+    return codes, canonical
+
+
+KEY_CODES, KEY_NAMES = _key_table()
+"""``KEY_CODES``: every key name (canonical or alias) to its HID usage code;
+``KEY_NAMES``: each code to its canonical name."""
+MIN_HID_KEY, MAX_HID_KEY = 4, 255  # usages 0-3 are error codes, not keys
+
+
+def resolve_key(key: str) -> str:
+    """The one meaning of a control message's ``key``, on every path and for every backend.
+
+    * A number ("4", "30") is a USB HID usage code, as the compatible desktop viewer
+      sends them: "4" is the A key, "9" the F key, "30" the 1 key. The digit keys
+      themselves are named ``digit0`` to ``digit9``, so a name is never a number.
+    * A name, in any case ("Enter", "ArrowUp", "a"), is that key.
+    * Any other single printable character ("A", "!") is typed as that character.
+
+    Returns the canonical name (or the character, or the code of a key without a
+    name here); raises BadInput naming the key otherwise.
+    """
+    if key.isascii() and key.isdigit():
+        code = int(key)
+        if not MIN_HID_KEY <= code <= MAX_HID_KEY:
+            raise BadInput(
+                "key",
+                f"{key!r} is not a key: a number is a HID usage code, "
+                f"from {MIN_HID_KEY} to {MAX_HID_KEY} (digit keys are digit0 to digit9)",
+            )
+        return KEY_NAMES.get(code, str(code))
+    if key in KEY_CODES:
+        return KEY_NAMES[KEY_CODES[key]]
+    if len(key) > 1 and key.lower() in KEY_CODES:
+        return KEY_NAMES[KEY_CODES[key.lower()]]
+    if len(key) == 1 and key.isprintable():
+        return key
+    raise BadInput("key", f"unknown key {key!r}")
+
+
+def key_code(key: str) -> int | None:
+    """The HID usage code of ``key`` (resolved first); None for a character to type as text."""
+    name = resolve_key(key)
+    if name.isdigit():
+        return int(name)
+    return KEY_CODES.get(name)
+
+
 ControlEvent = Tap | Swipe | Text | Button | Key
 
 
@@ -284,7 +414,7 @@ def parse_control(message: Any) -> ControlEvent:
         key = _str_field(message, "key", 32)
         if not key:
             raise BadInput("key", "must not be empty")
-        return Key(key, _duration_field(message, "duration", None))
+        return Key(resolve_key(key), _duration_field(message, "duration", None))
     if kind is None:
         raise BadInput("t", "is required")
     raise BadInput("t", f"unknown control type {kind!r}")
@@ -320,9 +450,18 @@ class FrameSink(Protocol):
 class DeviceBackend(Protocol):
     """One kind of device. Every method may raise DeviceError or BadInput; ``capture``
     and ``stream_logs`` run until cancelled, and raising from them counts as a crash
-    that the capture supervisor restarts."""
+    that the capture supervisor restarts.
+
+    Every method is part of the contract, none is optional: the bridge calls each
+    one directly and never asks whether a backend has it, so a backend that lacks
+    one fails where it is made, not in the middle of a request.
+    """
 
     name: str
+
+    async def check(self) -> None:
+        """Before the bridge starts: raise DeviceError saying what is missing (a tool,
+        a source) and how to get it, so that start-up fails instead of the first request."""
 
     async def configurations(self) -> Configurations: ...
 
@@ -338,6 +477,10 @@ class DeviceBackend(Protocol):
         """Devices this bridge created (never a user's own) that no session owns."""
 
     async def is_accessible(self, device: DeviceInfo) -> bool: ...
+
+    async def device_state(self, device: DeviceInfo) -> str:
+        """The device's state in simctl's words ("Booting", "Booted", "Shutdown"...),
+        "Missing" once it is gone. Sessions ask it from their own task, never a view."""
 
     async def capture(self, device: DeviceInfo, sink: FrameSink, *, fps: int) -> None: ...
 

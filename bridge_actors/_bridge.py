@@ -16,18 +16,27 @@ from ._backend import (
     Configurations,
     ControlEvent,
     DeviceBackend,
+    Key,
     Screenshot,
     parse_control,
+    resolve_key,
 )
 from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
-from ._checks import exception_leaves
-from ._errors import BadInput, BridgeError, DeviceError
+from ._checks import one_exception
+from ._errors import BadInput, DeviceError
 from ._fanout import Viewer
 from ._lifeline import Lifeline
 from ._logstream import LogSubscription
 from ._persist import SessionStore, StoreStatistics
 from ._ratelimit import RateLimiter, RateLimiterStatistics
-from ._sessions import Connection, RegistryStatistics, Session, SessionRegistry
+from ._sessions import (
+    Connection,
+    HeldSession,
+    RegistryStatistics,
+    Session,
+    SessionRegistry,
+    session_record_problem,
+)
 from ._settings import Settings, load_settings
 from ._statelock import hold_state_dir
 from ._warden import MemorySample, MemoryWarden, WardenStatistics
@@ -100,7 +109,7 @@ class Bridge:
             probe=memory_probe,
         )
         self.trimmer = AllocatorTrimmer(allocator=glibc_allocator())
-        self.store = SessionStore(settings.state_dir)
+        self.store = SessionStore(settings.state_dir, check=session_record_problem)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.client_connections = 0
         self.client_disconnections = 0
@@ -139,11 +148,18 @@ class Bridge:
     def list_sessions(self) -> list[Session]:
         return self.registry.sessions()
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.registry.delete(session_id)
+    def list_held_sessions(self) -> list[HeldSession]:
+        """Stored sessions not running: not restored yet, backend not enabled, or not
+        deleted because their device could not be. Kept until deleted (or running again)."""
+        return self.registry.held()
 
-    async def delete_all_sessions(self) -> int:
-        return await self.registry.delete_all()
+    async def delete_session(self, session_id: str, *, force: bool = False) -> None:
+        """Raises DeleteFailed, keeping the session, if its device cannot be deleted;
+        ``force`` forgets it anyway."""
+        await self.registry.delete(session_id, force=force)
+
+    async def delete_all_sessions(self, *, force: bool = False) -> int:
+        return await self.registry.delete_all(force=force)
 
     async def recover_orphaned(self) -> int:
         return await self.registry.recover_orphaned()
@@ -202,6 +218,9 @@ class Bridge:
         """Apply a control event (or its JSON form); returns its input_seq once applied."""
         if not isinstance(event, ControlEvent):
             event = parse_control(event)
+        elif isinstance(event, Key):
+            # Every backend receives a key by its canonical name, however it was given.
+            event = Key(resolve_key(event.key), event.duration)
         return await self.registry.control(session_id, event)
 
     async def screenshot(self, session_id: str) -> Screenshot:
@@ -293,9 +312,11 @@ async def open_bridge(
 ) -> AsyncIterator[Bridge]:
     """Run the bridge's actors for the duration of the block.
 
-    Works inside a caller's own nursery. A failure comes out as one plain
-    exception, never an exception group: a single error is re-raised as it is;
-    several are wrapped in one BridgeError naming them.
+    Works inside a caller's own nursery. A cancellation from outside comes out
+    as that cancellation, so the caller's ``move_on_after`` or nursery just ends.
+    A failure comes out as one plain exception, never an exception group: a
+    single error is re-raised as it is; several are wrapped in one BridgeError
+    naming them.
     """
     settings = settings if settings is not None else load_settings()
     # Held first and for the bridge's whole life: restoring or saving sessions while
@@ -317,9 +338,7 @@ async def _run_bridge(
 
         backends = make_backends(settings, encode_limiter)
     for backend in backends.values():
-        check = getattr(backend, "check", None)
-        if check is not None:
-            await check()
+        await backend.check()
     bridge = Bridge(settings, dict(backends), memory_probe)
     try:
         async with trio.open_nursery() as nursery:
@@ -340,12 +359,8 @@ async def _run_bridge(
                 log.debug("final statistics: %s", bridge.final_statistics)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        leaves = exception_leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise BridgeError(
-            "bridge failed: " + "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
-        ) from group
+        error = one_exception(group, "bridge")
+        raise error from error.__cause__  # its own cause, not the group around it
 
 
 __all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "open_bridge"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from ._errors import InvalidSettings
+import trio
+
+from ._errors import BridgeError, InvalidSettings
 
 
 def require_int(name: str, value: int, minimum: int) -> None:
@@ -41,3 +43,25 @@ def exception_leaves(group: BaseExceptionGroup) -> list[BaseException]:
         else:
             leaves.append(exc)
     return leaves
+
+
+def one_exception(group: BaseExceptionGroup, what: str) -> BaseException:
+    """The one plain exception a public call raises for the group its nursery raised.
+
+    Cancellation from outside stays cancellation: when every leaf is a
+    ``Cancelled``, one of them comes back, so the caller's cancel scope catches it
+    as its own. Otherwise the ``Cancelled`` leaves are only the echo of the real
+    failure (the nursery cancelling the other tasks) and are left out: one failure
+    comes back as it is, several as one BridgeError naming each.
+    """
+    leaves = exception_leaves(group)
+    failures = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    if not failures:
+        return leaves[0]
+    if len(failures) == 1:
+        return failures[0]
+    error = BridgeError(
+        f"{what} failed: " + "; ".join(f"{type(e).__name__}: {e}" for e in failures)
+    )
+    error.__cause__ = group
+    return error

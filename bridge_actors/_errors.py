@@ -7,6 +7,8 @@ class to one HTTP status or WebSocket close code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class BridgeError(Exception):
     """Base class of every error bridge_actors raises on purpose."""
@@ -95,3 +97,26 @@ class StateDirInUse(BridgeError):
         super().__init__(message)
         self.state_dir = state_dir
         self.pid = pid
+
+
+class DeleteFailed(DeviceError):
+    """Sessions were not deleted because their devices could not be: each is kept
+    (listed, and in the store) until a later delete succeeds or one is forced.
+    ``failures`` maps each kept session's id to why; ``deleted`` counts the others."""
+
+    def __init__(self, failures: Mapping[str, str], *, deleted: int = 0) -> None:
+        self.failures = dict(failures)
+        self.deleted = deleted
+        if len(self.failures) == 1 and not deleted:
+            [(session_id, reason)] = self.failures.items()
+            message = (
+                f"session {session_id!r} was not deleted: {reason}; it is kept until its "
+                "device is gone: delete it again, or with ?force=true to forget it anyway"
+            )
+        else:
+            kept = "; ".join(f"{sid!r}: {why}" for sid, why in self.failures.items())
+            message = (
+                f"deleted {deleted} session(s); kept {len(self.failures)} whose device could "
+                f"not be deleted ({kept}): delete again, or with ?force=true to forget them"
+            )
+        super().__init__(message)

@@ -50,6 +50,8 @@ from ._backend import (
     Swipe,
     Tap,
     Text,
+    key_code,
+    resolve_key,
 )
 from ._errors import BadInput, DeviceError, InvalidSettings
 from ._mjpeg import MjpegParser, jpeg_size
@@ -84,46 +86,6 @@ BUTTON_NAMES: Mapping[str, str] = {
     "side-button": "SIDE_BUTTON",
     "apple-pay": "APPLE_PAY",
 }
-
-
-def _hid_keycodes() -> dict[str, int]:
-    """USB HID usage codes (keyboard page), which ``idb ui key`` takes."""
-    codes = {chr(ord("a") + i): 4 + i for i in range(26)}
-    codes.update({str(digit): 29 + digit for digit in range(1, 10)})
-    codes["0"] = 39
-    codes.update(zip("-=[]\\", range(45, 50), strict=True))
-    codes.update(zip(";'`,./", range(51, 57), strict=True))
-    codes[" "] = 44
-    named = {
-        "enter": 40,
-        "return": 40,
-        "escape": 41,
-        "esc": 41,
-        "backspace": 42,
-        "tab": 43,
-        "space": 44,
-        "capslock": 57,
-        "insert": 73,
-        "home": 74,
-        "pageup": 75,
-        "delete": 76,
-        "end": 77,
-        "pagedown": 78,
-        "arrowright": 79,
-        "right": 79,
-        "arrowleft": 80,
-        "left": 80,
-        "arrowdown": 81,
-        "down": 81,
-        "arrowup": 82,
-        "up": 82,
-    }
-    named.update({f"f{n}": 57 + n for n in range(1, 13)})
-    codes.update(named)
-    return codes
-
-
-KEYCODES: Mapping[str, int] = _hid_keycodes()
 
 
 # --- what simctl and idb say, parsed (pure) ---------------------------------------------------
@@ -339,15 +301,10 @@ def control_argv(
             raise BadInput("button", f"must be one of {', '.join(BUTTON_NAMES)}")
         return [idb, "ui", "button", name, *target]
     if isinstance(event, Key):
-        key = event.key
-        code = KEYCODES.get(key if len(key) == 1 else key.lower())
-        if code is None and len(key) > 1 and key.isdigit() and int(key) < 256:
-            code = int(key)  # a raw HID usage code
+        code = key_code(event.key)  # the one key table, shared with every other path
         if code is None:
-            if len(key) == 1 and key.isprintable():
-                # Capitals and shifted symbols need a modifier; idb types them as text.
-                return [idb, "ui", "text", *target, "--", key]
-            raise BadInput("key", f"unknown key {key!r}")
+            # Capitals and shifted symbols need a modifier; idb types them as text.
+            return [idb, "ui", "text", *target, "--", resolve_key(event.key)]
         duration = [] if event.duration is None else ["--duration", f"{event.duration:g}"]
         return [idb, "ui", "key", str(code), *duration, *target]
     raise BadInput("t", f"unsupported control event {type(event).__name__}")

@@ -508,6 +508,11 @@ class MediaBackend:
         await trio.lowlevel.checkpoint()
         return device.device_type in self._sources
 
+    async def device_state(self, device: DeviceInfo) -> str:
+        """A source that is still configured counts as up (see ``is_accessible``)."""
+        await trio.lowlevel.checkpoint()
+        return "Booted" if device.device_type in self._sources else "Missing"
+
     # -- driving and watching --
 
     async def apply_control(self, device: DeviceInfo, event: ControlEvent, input_seq: int) -> None:

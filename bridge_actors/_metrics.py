@@ -40,6 +40,12 @@ class BridgeCollector(Collector):
         stats = self._bridge.statistics()
         yield _gauge("bridge_ready", "1 while new viewers are welcome.", 1 if stats.ready else 0)
         yield _gauge("bridge_sessions", "Sessions that exist now.", stats.sessions.sessions)
+        yield _gauge(
+            "bridge_sessions_held",
+            "Stored sessions not running: not restored yet, backend not enabled, or their"
+            " device could not be deleted.",
+            len(stats.sessions.held),
+        )
         yield from self._connections(stats)
         yield from self._captures(stats)
         yield from self._memory(stats)

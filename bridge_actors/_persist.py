@@ -90,8 +90,18 @@ class DecodedDocument:
     """One entry per record that was skipped, naming its index and the reason."""
 
 
-def decode_document(raw: bytes, required_keys: Collection[str] = (ID_KEY,)) -> DecodedDocument:
-    """Parse a sessions file, keeping every good record and saying exactly what was wrong."""
+RecordCheck = Callable[[Mapping[str, Any]], "str | None"]
+"""What a store's owner finds wrong with one record (None: nothing), beyond its id."""
+
+
+def decode_document(
+    raw: bytes, required_keys: Collection[str] = (ID_KEY,), check: RecordCheck | None = None
+) -> DecodedDocument:
+    """Parse a sessions file, keeping every good record and saying exactly what was wrong.
+
+    ``check`` judges each record on its owner's terms; a record it refuses is
+    skipped like any other bad record, so one bad record never costs the others.
+    """
     reason = _document_problem(raw)
     if reason is not None:
         return DecodedDocument(records=[], unusable=reason, rejected=())
@@ -104,6 +114,10 @@ def decode_document(raw: bytes, required_keys: Collection[str] = (ID_KEY,)) -> D
             rejected.append(f"#{index}: not a JSON object ({_json_kind(record)})")
             continue
         problem = _record_problem(record, required_keys)
+        if problem is None and check is not None:
+            problem = check(record)
+            if problem is not None:
+                problem = f"session {record.get(ID_KEY)!r:.80}: {problem}"
         if problem is not None:
             rejected.append(f"#{index}: {problem}")
             continue
@@ -274,13 +288,15 @@ class _LoadOutcome:
     temp_files_removed: list[Path]
 
 
-def _load_from_disk(path: Path, required_keys: Collection[str], now: float) -> _LoadOutcome:
+def _load_from_disk(
+    path: Path, required_keys: Collection[str], check: RecordCheck | None, now: float
+) -> _LoadOutcome:
     removed = _remove_leftover_temp_files(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return _LoadOutcome(decoded=None, aside=None, temp_files_removed=removed)
-    decoded = decode_document(raw, required_keys)
+    decoded = decode_document(raw, required_keys, check)
     aside = None
     if decoded.unusable is not None:
         aside = _move_aside(path, now)
@@ -339,6 +355,7 @@ class SessionStore:
         filename: str = "sessions.json",
         required_keys: Collection[str] = (ID_KEY,),
         *,
+        check: RecordCheck | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not filename or filename in (".", "..") or "/" in filename or os.sep in filename:
@@ -347,6 +364,7 @@ class SessionStore:
             raise BadInput("required_keys", "must be a collection of key names, not one string")
         self._path = Path(state_dir) / filename
         self._required_keys = tuple(required_keys)
+        self._check = check
         # Epoch time only labels things for people (saved_at, quarantine names); no
         # timing decision depends on it, so it does not come from the Trio clock.
         self._wall_clock = wall_clock
@@ -400,7 +418,7 @@ class SessionStore:
         async with self._lock:
             self._loads += 1
             outcome = await trio.to_thread.run_sync(
-                _load_from_disk, self._path, self._required_keys, self._wall_clock()
+                _load_from_disk, self._path, self._required_keys, self._check, self._wall_clock()
             )
         for leftover in outcome.temp_files_removed:
             logger.info("removed %s, left by a save that did not finish", leftover)

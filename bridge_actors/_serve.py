@@ -30,6 +30,7 @@ from quart_trio import QuartTrio
 from ._abort import abort_connections
 from ._app import ProbeFastPath, app_state, create_app
 from ._bridge import Bridge
+from ._checks import one_exception
 from ._settings import Settings
 from ._worker import worker_serve
 from ._wsclose import install as install_ws_close
@@ -217,13 +218,10 @@ async def serve(
             await server.served.wait()  # Hypercorn is done; what hung was aborted by reap
             nursery.cancel_scope.cancel()  # the stuck-socket watcher has nothing left to watch
     except BaseExceptionGroup as group:
-        # One plain exception out of the public API, as open_bridge does.
-        cancelled, others = group.split(trio.Cancelled)
-        if others is not None and len(others.exceptions) == 1 and cancelled is None:
-            only = others.exceptions[0]
-            if not isinstance(only, BaseExceptionGroup):
-                raise only from None
-        raise
+        # One plain exception out of the public API, as open_bridge does; a
+        # cancellation from outside stays a cancellation.
+        error = one_exception(group, "server")
+        raise error from error.__cause__  # its own cause, not the group around it
     log.info("server stopped")
 
 

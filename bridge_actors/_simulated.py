@@ -459,6 +459,10 @@ class SimulatedBackend:
 
     # -- lifecycle --
 
+    async def check(self) -> None:
+        """Nothing to check: the simulated device needs no tool and no source."""
+        await trio.lowlevel.checkpoint()
+
     async def configurations(self) -> Configurations:
         await trio.lowlevel.checkpoint()
         return Configurations(tuple(DEVICE_SIZES), IOS_VERSIONS)
@@ -507,6 +511,11 @@ class SimulatedBackend:
     async def is_accessible(self, device: DeviceInfo) -> bool:
         await trio.lowlevel.checkpoint()
         return device.udid in self._devices
+
+    async def device_state(self, device: DeviceInfo) -> str:
+        """A simulated device is up from the moment it exists until it is deleted."""
+        await trio.lowlevel.checkpoint()
+        return "Booted" if device.udid in self._devices else "Missing"
 
     # -- driving and watching --
 

@@ -220,27 +220,13 @@ def error_text(error: BadInput | DeviceError | str) -> str:
 _SWIPE_ALIASES = {"start_x": "startX", "start_y": "startY", "end_x": "endX", "end_y": "endY"}
 
 
-def _hid_key_names() -> dict[str, str]:
-    names = dict(zip(range(4, 30), "abcdefghijklmnopqrstuvwxyz", strict=True))
-    names |= dict(zip(range(30, 40), "1234567890", strict=True))
-    names |= dict(zip(range(40, 45), ("enter", "escape", "backspace", "tab", "space"), strict=True))
-    names |= dict(zip(range(45, 50), "-=[]\\", strict=True))
-    names |= dict(zip(range(51, 57), ";'`,./", strict=True))
-    names |= {76: "delete", 79: "arrowright", 80: "arrowleft", 81: "arrowdown", 82: "arrowup"}
-    return {str(code): name for code, name in names.items()}
-
-
-# The compatible desktop viewer names keys by their USB HID usage code ("4" is the A key,
-# "30" the 1 key); a key event names the key itself, which every backend understands.
-HID_KEY_NAMES = _hid_key_names()
-
-
 def normalize_control(message: dict[str, Any]) -> dict[str, Any]:
     """A control message in the spelling :func:`parse_control` reads.
 
-    The compatible clients spell two things their own way: the desktop viewer sends
-    a swipe's corners as ``startX``/``startY``/``endX``/``endY`` and a key as its
-    HID usage code. Anything else is returned unchanged, for ``parse_control`` to judge.
+    The desktop viewer of the compatible clients sends a swipe's corners as
+    ``startX``/``startY``/``endX``/``endY``. Anything else is returned unchanged, for
+    ``parse_control`` to judge; keys given as HID usage codes it reads itself
+    (:func:`~bridge_actors._backend.resolve_key`), on every path alike.
     """
     kind = message.get("t", message.get("type"))
     if kind == "swipe" and any(camel in message for camel in _SWIPE_ALIASES.values()):
@@ -248,8 +234,6 @@ def normalize_control(message: dict[str, Any]) -> dict[str, Any]:
         for snake, camel in _SWIPE_ALIASES.items():
             if snake not in message and camel in message:
                 message[snake] = message.pop(camel)
-    elif kind == "key" and isinstance(key := message.get("key"), str) and key in HID_KEY_NAMES:
-        message = {**message, "key": HID_KEY_NAMES[key]}
     return message
 
 

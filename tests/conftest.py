@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ import httpx
 import pytest
 import trio
 import trio_websocket
+from fakes import FakeTools, gone, helpers_gone
 
-from bridge_actors import Bridge, Settings, open_bridge, serve
+from bridge_actors import Bridge, Settings, _subprocess, open_bridge, serve
 
 # Generous limits, so a test meets only the limit it is about.
 TEST_DEFAULTS: dict[str, Any] = {
@@ -71,6 +73,24 @@ async def running_server(state_dir: Path, **settings: Any) -> AsyncIterator[Runn
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
             yield RunningServer(bridge, host, port, http)
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    root = tmp_path / "temp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.fixture
+def tools(tmp_path, temp_root):
+    fake = FakeTools(tmp_path / "tools")
+    yield fake
+    assert _subprocess.running_pids() == frozenset(), "a child process was never reaped"
+    assert all(gone(pid) for pid in fake.pids()), "a fake tool is still running"
+    assert helpers_gone(fake), "a helper of a fake tool is still running"
+    assert list(temp_root.iterdir()) == [], "a temporary file survived"
 
 
 @pytest.fixture

@@ -21,6 +21,13 @@ from bridge_actors import (
     open_bridge,
 )
 from bridge_actors._jpeg import decode_jpeg
+from bridge_actors._sessions import (
+    FIRST_CHECK_TIMEOUT,
+    HEALTH_CHECK_INTERVAL,
+    HEALTH_CHECK_TIMEOUT,
+    Session,
+)
+from bridge_actors._simulated import SimulatedBackend, run_on_event_loop
 from bridge_actors._warden import MemorySample
 
 DEVICE = "iPhone 15 (simulated)"
@@ -477,3 +484,56 @@ async def test_shutdown_stops_viewers_with_capture_stopped(tmp_path, autojump_cl
         await trio.sleep(1)
     assert not bridge.ready
     assert len(outcome) == 1
+
+
+class _HangingState(SimulatedBackend):
+    """The simulated device, whose state queries hang once ``hang`` is set."""
+
+    hang = False
+
+    async def device_state(self, device):
+        if self.hang:
+            await trio.sleep_forever()
+        return await super().device_state(device)
+
+
+async def test_the_session_keeps_its_device_state_fresh_without_views_asking(autojump_clock):
+    # A Session on its own: no worker thread (the store's) to make the clock jump early.
+    backend = _HangingState(encode_limiter=trio.CapacityLimiter(2), run_in_worker=run_on_event_loop)
+    device = await backend.create_device(DEVICE, VERSION)
+    async with trio.open_nursery() as nursery:
+        session = await nursery.start(Session("s1", device, backend).run)
+        checked = trio.current_time()  # the session asked once, before it was shown
+        assert session.info()["state"] == "Booted" and session.list_item()["status"] == "healthy"
+
+        await backend.delete_device(session.device)  # the device vanishes behind its back
+        await trio.sleep_until(checked + HEALTH_CHECK_INTERVAL - 0.1)
+        assert session.list_item()["state"] == "Booted"  # a view reads, it never asks
+        await trio.sleep_until(checked + HEALTH_CHECK_INTERVAL + 0.1)
+        assert session.list_item()["state"] == "Missing"
+        assert session.list_item()["status"] == "offline"
+
+        await backend.restore_device(session.device)
+        backend.hang = True  # and now the backend stops answering at all
+        hung_from = checked + 2 * HEALTH_CHECK_INTERVAL
+        await trio.sleep_until(hung_from + HEALTH_CHECK_TIMEOUT - 0.1)
+        assert session.info()["state"] == "Missing"  # still the last answer
+        await trio.sleep_until(hung_from + HEALTH_CHECK_TIMEOUT + 0.1)
+        assert session.info()["state"] == "Unknown"
+        assert session.info()["status"] == "offline"
+        session.end()
+
+
+async def test_a_first_state_check_that_hangs_does_not_hold_up_the_session(autojump_clock):
+    backend = _HangingState(encode_limiter=trio.CapacityLimiter(2), run_in_worker=run_on_event_loop)
+    device = await backend.create_device(DEVICE, VERSION)
+    backend.hang = True
+    async with trio.open_nursery() as nursery:
+        asked = trio.current_time()
+        session = await nursery.start(Session("s1", device, backend).run)
+        assert trio.current_time() - asked == pytest.approx(FIRST_CHECK_TIMEOUT)
+        assert (session.info()["state"], session.info()["status"]) == ("Unknown", "offline")
+        backend.hang = False
+        await trio.sleep_until(asked + FIRST_CHECK_TIMEOUT + HEALTH_CHECK_INTERVAL + 0.1)
+        assert (session.info()["state"], session.info()["status"]) == ("Booted", "healthy")
+        session.end()

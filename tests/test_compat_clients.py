@@ -60,7 +60,8 @@ DESKTOP_VIEWER_CONTROLS = [
     ({"t": "button", "button": "lock"}, "button lock"),
     # Real-time typing: each key as its HID usage code.
     ({"t": "key", "key": "4"}, "key a"),
-    ({"t": "key", "key": "30"}, "key 1"),
+    ({"t": "key", "key": "30"}, "key digit1"),
+    ({"t": "key", "key": "9"}, "key f"),
     ({"t": "key", "key": "40"}, "key enter"),
     ({"t": "key", "key": "42"}, "key backspace"),
     ({"t": "key", "key": "82"}, "key arrowup"),

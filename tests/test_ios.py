@@ -8,18 +8,20 @@ child process may be left running and no temporary file may be left behind.
 
 from __future__ import annotations
 
-import io
-import json
-import sys
-import tempfile
-import time
-from pathlib import Path
-
-import numpy as np
-import psutil
 import pytest
 import trio
-from PIL import Image
+from fakes import (
+    DEVICE_TYPES,
+    IOS_17,
+    IPAD,
+    IPHONE,
+    RUNTIMES,
+    SCREEN,
+    USER_UDID,
+    FakeTools,
+    gone,
+    helpers_gone,
+)
 
 from bridge_actors import (
     BadInput,
@@ -46,332 +48,6 @@ from bridge_actors._ios import (
     parse_simulators,
 )
 from bridge_actors._subprocess import CommandTimeout, open_child, run_command
-
-IPHONE = "com.apple.CoreSimulator.SimDeviceType.iPhone-15"
-IPAD = "com.apple.CoreSimulator.SimDeviceType.iPad-Air-5th-generation"
-WATCH = "com.apple.CoreSimulator.SimDeviceType.Apple-Watch-Series-9-45mm"
-IOS_17 = "com.apple.CoreSimulator.SimRuntime.iOS-17-2"
-IOS_16 = "com.apple.CoreSimulator.SimRuntime.iOS-16-4"
-USER_UDID = "11111111-1111-1111-1111-111111111111"
-
-DEVICE_TYPES = {
-    "devicetypes": [
-        {"name": "iPhone 15", "identifier": IPHONE, "productFamily": "iPhone"},
-        {"name": "iPad Air (5th generation)", "identifier": IPAD, "productFamily": "iPad"},
-        {
-            "name": "Apple Watch Series 9 (45mm)",
-            "identifier": WATCH,
-            "productFamily": "Apple Watch",
-        },
-    ]
-}
-RUNTIMES = {
-    "runtimes": [
-        {
-            "name": "iOS 17.2",
-            "version": "17.2",
-            "identifier": IOS_17,
-            "platform": "iOS",
-            "isAvailable": True,
-            "supportedDeviceTypes": [{"identifier": IPHONE}, {"identifier": IPAD}],
-        },
-        {
-            "name": "iOS 16.4",
-            "version": "16.4",
-            "identifier": IOS_16,
-            "platform": "iOS",
-            "isAvailable": True,
-            "supportedDeviceTypes": [{"identifier": IPAD}],
-        },
-        {"name": "iOS 15.0", "version": "15.0", "identifier": "old", "isAvailable": False},
-        {"name": "watchOS 10.2", "version": "10.2", "identifier": "w", "platform": "watchOS"},
-    ]
-}
-SCREEN = {"width": 1179, "height": 2556, "density": 3.0, "width_points": 393, "height_points": 852}
-
-FAKE_TOOL = r'''#!{python} -S
-"""A fake xcrun or idb (by its file name), steered by behaviour.json next to it."""
-import json, os, shutil, signal, subprocess, sys, time, uuid
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = os.path.basename(__file__)
-ARGS = sys.argv[1:]
-
-
-def path(name):
-    return os.path.join(HERE, name)
-
-
-def append(name, text):
-    with open(path(name), "a") as f:
-        f.write(text + "\n")
-
-
-def load(name, default=None):
-    try:
-        with open(path(name)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return default
-
-
-def save(name, value):
-    with open(path(name + ".tmp"), "w") as f:
-        json.dump(value, f)
-    os.replace(path(name + ".tmp"), path(name))
-
-
-append("calls.log", json.dumps([TOOL, *ARGS]))
-append("pids.log", str(os.getpid()))
-BEHAVIOUR = load("behaviour.json", {})
-STATE = load("state.json")
-
-
-def hang():
-    if BEHAVIOUR.get("ignore_term"):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if BEHAVIOUR.get("helper"):
-        helper = subprocess.Popen([sys.executable, "-S", "-c", "import time; time.sleep(60)"])
-        append("helpers.log", str(helper.pid))
-    append("hung.log", str(os.getpid()))
-    time.sleep(60)  # far longer than any test waits: it is always cancelled or timed out
-    sys.exit(0)
-
-
-def fail(message, status=1):
-    sys.stderr.write(message + "\n")
-    sys.exit(status)
-
-
-def devices():
-    return [d for ds in STATE["devices"].values() for d in ds]
-
-
-def find(udid):
-    for d in devices():
-        if d["udid"] == udid:
-            return d
-    fail("Invalid device: " + udid, 148)
-
-
-def xcrun():
-    if ARGS[:1] != ["simctl"]:
-        fail("xcrun: error: unknown tool")
-    command, rest = ARGS[1], ARGS[2:]
-    if command == "list":
-        if BEHAVIOUR.get("list") == "fail":
-            fail("xcrun: error: unable to find utility \"simctl\"", 72)
-        if BEHAVIOUR.get("list") == "garbage":
-            print("this is not json")
-            return
-        print(json.dumps({rest[0]: STATE[rest[0]]}))
-    elif command == "create":
-        name, device_type, runtime = rest
-        udid = str(uuid.uuid4()).upper()
-        STATE["devices"].setdefault(runtime, []).append(
-            {"udid": udid, "name": name, "state": "Shutdown", "deviceTypeIdentifier": device_type}
-        )
-        save("state.json", STATE)
-        print(udid)
-    elif command == "boot":
-        device = find(rest[0])
-        if BEHAVIOUR.get("boot") == "fail":
-            fail("Unable to boot device: the runtime is damaged", 149)
-        if device["state"] == "Booted":
-            fail("Unable to boot device in current state: Booted", 149)
-        if BEHAVIOUR.get("boot") == "hang":
-            device["state"] = "Booting"
-            save("state.json", STATE)
-            hang()
-        device["state"] = "Booted"
-        save("state.json", STATE)
-    elif command == "shutdown":
-        device = find(rest[0])
-        if device["state"] == "Shutdown":
-            fail("Unable to shutdown device in current state: Shutdown", 149)
-        device["state"] = "Shutdown"
-        save("state.json", STATE)
-    elif command == "delete":
-        find(rest[0])
-        for runtime, ds in STATE["devices"].items():
-            STATE["devices"][runtime] = [d for d in ds if d["udid"] != rest[0]]
-        save("state.json", STATE)
-    elif command == "io":
-        udid, what, kind, target = rest
-        assert (what, kind) == ("screenshot", "--type=jpeg"), rest
-        how = BEHAVIOUR.get("screenshot", "ok")
-        if how == "ok":
-            shutil.copy(path("shot.jpg"), target)
-            return
-        with open(target, "wb") as f:
-            f.write(b"\xff\xd8 half a picture")
-        if how == "hang":
-            hang()
-        fail("Error: the display is not ready", 2)
-    elif command == "spawn":
-        sys.stdout.write(open(path("device.log")).read())
-        sys.stdout.flush()
-        if BEHAVIOUR.get("logs") == "hang":
-            hang()
-        fail("log: stream ended", 3)
-    else:
-        fail("unknown simctl command " + command)
-
-
-def idb():
-    if ARGS[0] == "describe":
-        if BEHAVIOUR.get("describe") == "fail":
-            fail("no companion")
-        print(json.dumps({"udid": ARGS[2], "screen_dimensions": STATE["screen"]}))
-    elif ARGS[0] == "ui":
-        how = BEHAVIOUR.get("ui", "ok")
-        if how == "hang":
-            hang()
-        if how == "fail":
-            fail("idb: target is not booted")
-    elif ARGS[0] == "video-stream":
-        how = BEHAVIOUR.get("stream", "frames")
-        if how == "exit":
-            fail("idb: video streaming is not available")
-        if how == "silent":
-            hang()
-        out = sys.stdout.buffer
-        out.write(b"\x00garbage before the first frame\xff\xff")
-        for n in range(BEHAVIOUR.get("frames", 3)):
-            jpeg = open(path("frame%d.jpg" % n), "rb").read()
-            part = b"--BoundaryString\r\nContent-Type: image/jpeg\r\n"
-            part += b"Content-Length: %d\r\n\r\n" % len(jpeg)
-            data = part + jpeg + b"\r\n"
-            for start in range(0, len(data), 700):
-                out.write(data[start:start + 700])
-                out.flush()
-        if how == "crash":
-            out.write(b"\xff\xd8\xff\xe0 a frame cut short")
-            out.flush()
-            fail("idb: companion connection lost")
-        hang()
-    else:
-        fail("unknown idb command")
-
-
-(xcrun if TOOL == "xcrun" else idb)()
-'''
-
-
-def make_jpeg(width: int, height: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
-class FakeTools:
-    """The fake ``xcrun`` and ``idb``, their simulator list, and what they were asked."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        directory.mkdir()
-        script = FAKE_TOOL.replace("{python}", sys.executable)
-        for tool in ("xcrun", "idb"):
-            (directory / tool).write_text(script)
-            (directory / tool).chmod(0o755)
-        self.xcrun = str(directory / "xcrun")
-        self.idb = str(directory / "idb")
-        self.frames = [make_jpeg(40, 30, 1), make_jpeg(40, 30, 2), make_jpeg(30, 40, 3)]
-        for n, jpeg in enumerate(self.frames):
-            (directory / f"frame{n}.jpg").write_bytes(jpeg)
-        self.shot = make_jpeg(50, 20, 4)
-        (directory / "shot.jpg").write_bytes(self.shot)
-        (directory / "device.log").write_text(
-            "Filtering the log data using \"process == 'SpringBoard'\"\n"
-            "Timestamp               Ty Process[PID:TID]\n"
-            "2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] [com.apple.sb:Icon] Icon saved\n"
-            "2024-01-15 10:23:45.200 E  Google Chrome Helper[901:ff] failed: -1\n"
-            "    continued on the next line\n"
-        )
-        self.state = {
-            "devicetypes": DEVICE_TYPES["devicetypes"],
-            "runtimes": RUNTIMES["runtimes"],
-            "devices": {IOS_17: []},
-            "screen": SCREEN,
-        }
-        self.save_state()
-        self.behave()
-
-    def save_state(self) -> None:
-        (self.dir / "state.json").write_text(json.dumps(self.state))
-
-    def load_state(self) -> dict:
-        self.state = json.loads((self.dir / "state.json").read_text())
-        return self.state
-
-    def add_simulator(self, udid: str, name: str, state: str, device_type: str = IPHONE) -> None:
-        self.state["devices"][IOS_17].append(
-            {"udid": udid, "name": name, "state": state, "deviceTypeIdentifier": device_type}
-        )
-        self.save_state()
-
-    def simulators(self) -> dict[str, dict]:
-        return {d["udid"]: d for ds in self.load_state()["devices"].values() for d in ds}
-
-    def behave(self, **behaviour) -> None:
-        (self.dir / "behaviour.json").write_text(json.dumps(behaviour))
-
-    def _lines(self, name: str) -> list[str]:
-        try:
-            return (self.dir / name).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def calls(self, tool: str | None = None) -> list[list[str]]:
-        calls = [json.loads(line) for line in self._lines("calls.log")]
-        return [call[1:] for call in calls if tool is None or call[0] == tool]
-
-    def pids(self, name: str = "pids.log") -> list[int]:
-        return [int(line) for line in self._lines(name)]
-
-    async def wait_for_hung_process(self) -> int:
-        """The pid of the fake that reached its hang; only a file tells, so poll it."""
-        while not self.pids("hung.log"):  # noqa: ASYNC110
-            await trio.sleep(0.01)
-        return self.pids("hung.log")[0]
-
-
-def gone(pid: int, *, zombie_ok: bool = False) -> bool:
-    """Our own children must be reaped; a helper's reaper is init, which may lag."""
-    try:
-        status = psutil.Process(pid).status()
-    except psutil.NoSuchProcess:
-        return True
-    return zombie_ok and status == psutil.STATUS_ZOMBIE
-
-
-def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
-    """Helpers the fakes spawned die by SIGKILL to their group, which lands a moment later."""
-    deadline = time.monotonic() + within
-    while not all(gone(pid, zombie_ok=True) for pid in tools.pids("helpers.log")):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-@pytest.fixture
-def temp_root(tmp_path, monkeypatch):
-    root = tmp_path / "temp"
-    root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(root))
-    return root
-
-
-@pytest.fixture
-def tools(tmp_path, temp_root):
-    fake = FakeTools(tmp_path / "tools")
-    yield fake
-    assert _subprocess.running_pids() == frozenset(), "a child process was never reaped"
-    assert all(gone(pid) for pid in fake.pids()), "a fake tool is still running"
-    assert helpers_gone(fake), "a helper of a fake tool is still running"
-    assert list(temp_root.iterdir()) == [], "a temporary file survived"
 
 
 def ios(tools: FakeTools, **kwargs) -> IosBackend:
@@ -470,7 +146,10 @@ def test_only_names_this_bridge_gives_are_ours(name, ours):
         (Key("Enter"), ["ui", "key", "40"]),
         (Key("ArrowUp", 0.25), ["ui", "key", "82", "--duration", "0.25"]),
         (Key("a"), ["ui", "key", "4"]),
-        (Key("0"), ["ui", "key", "39"]),
+        (Key("digit0"), ["ui", "key", "39"]),
+        (Key("9"), ["ui", "key", "9"]),  # a number is a HID usage code: 9 is the F key
+        (Key("Digit9"), ["ui", "key", "38"]),
+        (Key("100"), ["ui", "key", "100"]),  # a key without a name here, by its code
         (Key("A"), ["ui", "text", "--udid", "U", "--", "A"]),
         (Key("42"), ["ui", "key", "42"]),
     ],
