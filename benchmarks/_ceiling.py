@@ -24,8 +24,8 @@ import time
 import trio
 import trio_websocket
 
-from bridge_actors._backend import BINARY_MAGIC, CODEC_JPEG, DeviceInfo
-from bridge_actors._simulated import DEVICE_SIZES, SimulatedDevice, _FrameMaker
+from bridge_actors._backends.simulated import DEVICE_SIZES, SimulatedDevice, _FrameMaker
+from bridge_actors._device import BINARY_MAGIC, CODEC_JPEG, DeviceInfo
 
 DEVICE_TYPE = "iPhone 15 (simulated)"
 _HEADER = struct.Struct(">4sIdHHHHIB3x")

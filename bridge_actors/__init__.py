@@ -10,7 +10,8 @@ nursery::
                 ...
 """
 
-from ._backend import (
+from ._bridge import Bridge, BridgeStatistics, Kpis, open_bridge
+from ._device import (
     BINARY_HEADER_SIZE,
     Button,
     Configurations,
@@ -28,7 +29,6 @@ from ._backend import (
     parse_binary_header,
     parse_control,
 )
-from ._bridge import Bridge, BridgeStatistics, Kpis, open_bridge
 from ._errors import (
     BadInput,
     BridgeError,
@@ -44,7 +44,7 @@ from ._errors import (
     StateDirInUse,
     ViewerEvicted,
 )
-from ._serve import serve
+from ._server.serve import serve
 from ._settings import PROFILES, Settings, load_settings
 
 __version__ = "0.1.0"

@@ -11,8 +11,8 @@ from typing import Any
 
 import trio
 
-from ._allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
-from ._backend import (
+from ._checks import one_exception
+from ._device import (
     Configurations,
     ControlEvent,
     DeviceBackend,
@@ -21,15 +21,15 @@ from ._backend import (
     parse_control,
     resolve_key,
 )
-from ._capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
-from ._checks import one_exception
 from ._errors import BadInput, DeviceError
-from ._fanout import Viewer
-from ._lifeline import Lifeline
-from ._logstream import LogSubscription
-from ._persist import SessionStore, StoreStatistics
-from ._ratelimit import RateLimiter, RateLimiterStatistics
-from ._sessions import (
+from ._services.allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
+from ._services.capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
+from ._services.fanout import Viewer
+from ._services.lifeline import Lifeline
+from ._services.logstream import LogSubscription
+from ._services.persist import SessionStore, StoreStatistics
+from ._services.ratelimit import RateLimiter, RateLimiterStatistics
+from ._services.sessions import (
     Connection,
     HeldSession,
     RegistryStatistics,
@@ -37,9 +37,9 @@ from ._sessions import (
     SessionRegistry,
     session_record_problem,
 )
+from ._services.statelock import hold_state_dir
+from ._services.warden import MemorySample, MemoryWarden, WardenStatistics
 from ._settings import Settings, load_settings
-from ._statelock import hold_state_dir
-from ._warden import MemorySample, MemoryWarden, WardenStatistics
 
 log = logging.getLogger("bridge_actors")
 

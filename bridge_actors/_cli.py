@@ -29,7 +29,7 @@ from . import __version__
 from ._bridge import open_bridge
 from ._errors import BridgeError, InvalidSettings
 from ._logconfig import announce, configure_logging
-from ._serve import open_listening_socket, serve
+from ._server.serve import open_listening_socket, serve
 from ._settings import ENV_NAMES, Settings, load_settings
 
 log = logging.getLogger("bridge_actors.cli")

@@ -30,7 +30,7 @@ import pydantic
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from ._errors import InvalidSettings
-from ._forwarded import parse_networks
+from ._server.forwarded import parse_networks
 
 __all__ = ["BACKENDS", "ENV_NAMES", "PROFILES", "Settings", "load_settings"]
 

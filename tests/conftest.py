@@ -23,7 +23,8 @@ import trio
 import trio_websocket
 from fakes import FakeTools, gone, helpers_gone
 
-from bridge_actors import Bridge, Settings, _subprocess, open_bridge, serve
+from bridge_actors import Bridge, Settings, open_bridge, serve
+from bridge_actors._backends import processes as _subprocess
 
 # Generous limits, so a test meets only the limit it is about.
 TEST_DEFAULTS: dict[str, Any] = {

@@ -20,7 +20,7 @@ import trio
 from PIL import Image
 
 from bridge_actors import DeviceInfo, FrameSink, Settings
-from bridge_actors._simulated import SimulatedBackend, run_on_event_loop
+from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 
 
 def simulated(*, inline: bool = True, **kwargs) -> SimulatedBackend:

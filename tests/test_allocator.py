@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from bridge_actors._allocator import AllocatorTrimmer, TrimPolicy, glibc_allocator
+from bridge_actors._services.allocator import AllocatorTrimmer, TrimPolicy, glibc_allocator
 
 MB = 1024 * 1024
 

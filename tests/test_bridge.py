@@ -20,15 +20,15 @@ from bridge_actors import (
     ViewerEvicted,
     open_bridge,
 )
-from bridge_actors._jpeg import decode_jpeg
-from bridge_actors._sessions import (
+from bridge_actors._backends.jpeg import decode_jpeg
+from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
+from bridge_actors._services.sessions import (
     FIRST_CHECK_TIMEOUT,
     HEALTH_CHECK_INTERVAL,
     HEALTH_CHECK_TIMEOUT,
     Session,
 )
-from bridge_actors._simulated import SimulatedBackend, run_on_event_loop
-from bridge_actors._warden import MemorySample
+from bridge_actors._services.warden import MemorySample
 
 DEVICE = "iPhone 15 (simulated)"
 VERSION = "18.0"

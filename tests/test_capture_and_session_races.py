@@ -7,7 +7,7 @@ import trio.testing
 from fakes import settings, simulated
 
 from bridge_actors import open_bridge
-from bridge_actors._simulated import SimulatedBackend, run_on_event_loop
+from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 
 DEVICE = "iPhone 15 (simulated)"
 VERSION = "18.0"

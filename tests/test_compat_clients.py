@@ -28,7 +28,7 @@ from conftest import RunningServer, close_of, next_json, next_of_type, open_ws
 from PIL import Image
 
 from bridge_actors import BadInput, Key, Swipe, parse_control
-from bridge_actors._ws import normalize_control
+from bridge_actors._server.ws import normalize_control
 
 DEVICE = "iPhone 15 (simulated)"
 JPEG_START = b"\xff\xd8"

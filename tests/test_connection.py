@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from bridge_actors._connection import AppQueue, ReadDeadline, ReadPhase
+from bridge_actors._server.connection import AppQueue, ReadDeadline, ReadPhase
 
 
 def message(n: int) -> dict:

@@ -18,7 +18,7 @@ from fakes import settings, simulated
 
 from bridge_actors import BridgeError, open_bridge, serve
 from bridge_actors._checks import one_exception
-from bridge_actors._warden import MemorySample
+from bridge_actors._services.warden import MemorySample
 
 
 class FailingProbe:

@@ -3,7 +3,7 @@
 import pytest
 
 from bridge_actors import Frame, ViewerEvicted
-from bridge_actors._fanout import Fanout, ViewerSlot
+from bridge_actors._services.fanout import Fanout, ViewerSlot
 
 
 def frame(seq: int) -> Frame:

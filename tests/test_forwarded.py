@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bridge_actors import Settings
 from bridge_actors._errors import InvalidSettings
-from bridge_actors._forwarded import client_address, parse_networks
+from bridge_actors._server.forwarded import client_address, parse_networks
 
 PROXIES = parse_networks(["127.0.0.1", "10.0.0.0/8", "::1"])
 

@@ -33,9 +33,9 @@ from bridge_actors import (
     Swipe,
     Tap,
     Text,
-    _subprocess,
 )
-from bridge_actors._ios import (
+from bridge_actors._backends import processes as _subprocess
+from bridge_actors._backends.ios import (
     Catalog,
     IosBackend,
     LineSplitter,
@@ -47,7 +47,7 @@ from bridge_actors._ios import (
     parse_screen,
     parse_simulators,
 )
-from bridge_actors._subprocess import CommandTimeout, open_child, run_command
+from bridge_actors._backends.processes import CommandTimeout, open_child, run_command
 
 
 def ios(tools: FakeTools, **kwargs) -> IosBackend:

@@ -9,7 +9,7 @@ import pytest
 from conftest import next_json, open_ws
 
 from bridge_actors import BadInput
-from bridge_actors._json import MAX_JSON_DEPTH, decode_json, encode_json, json_depth
+from bridge_actors._server.json_codec import MAX_JSON_DEPTH, decode_json, encode_json, json_depth
 
 
 def nested(depth: int) -> str:

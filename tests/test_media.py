@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from bridge_actors import BadInput, DeviceBackend, DeviceError, InvalidSettings, Tap
-from bridge_actors._jpeg import decode_jpeg
-from bridge_actors._media import (
+from bridge_actors._backends.jpeg import decode_jpeg
+from bridge_actors._backends.media import (
     MEDIA_VERSION,
     FramePacer,
     MediaBackend,
@@ -17,7 +17,7 @@ from bridge_actors._media import (
     output_size,
     parse_source,
 )
-from bridge_actors._simulated import run_on_event_loop
+from bridge_actors._backends.simulated import run_on_event_loop
 
 WIDTH, HEIGHT, RATE, FRAMES = 64, 48, 10, 20
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge_actors._mjpeg import MjpegParser, jpeg_size
+from bridge_actors._backends.mjpeg import MjpegParser, jpeg_size
 
 
 def make_jpeg(width: int = 64, height: int = 48, seed: int = 0, **options) -> bytes:

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from bridge_actors._errors import BadInput
-from bridge_actors._persist import (
+from bridge_actors._services.persist import (
     SessionStore,
     decode_document,
     encode_records,

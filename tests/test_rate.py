@@ -2,7 +2,7 @@
 
 import pytest
 
-from bridge_actors._rate import RateMeter
+from bridge_actors._services.meter import RateMeter
 
 
 def test_the_rate_meter_counts_about_the_last_second():

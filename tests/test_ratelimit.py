@@ -8,7 +8,7 @@ from bridge_actors._errors import (
     ServerBusy,
     SessionFull,
 )
-from bridge_actors._ratelimit import RateLimiter, SlidingWindow
+from bridge_actors._services.ratelimit import RateLimiter, SlidingWindow
 
 # --- SlidingWindow: pure, driven with plain numbers -------------------------------------------
 

@@ -357,7 +357,7 @@ async def test_a_slash_redirect_answers_json(server):
 
 
 async def test_the_reference_documents_every_route(server):
-    from bridge_actors._app import CreateSessionBody
+    from bridge_actors._server.app import CreateSessionBody
 
     response = await server.http.get("/openapi.json")
     assert response.status_code == 200
@@ -418,6 +418,6 @@ async def test_every_error_body_has_the_same_shape(server):
 
 
 def _app_of(server):
-    from bridge_actors._app import create_app
+    from bridge_actors._server.app import create_app
 
     return create_app(server.bridge)

@@ -30,7 +30,7 @@ from bridge_actors import (
     ViewerEvicted,
     parse_binary_header,
 )
-from bridge_actors._ws import (
+from bridge_actors._server.ws import (
     MAX_BAD_MESSAGES,
     Close,
     LogFilter,

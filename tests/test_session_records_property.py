@@ -15,8 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge_actors import DeviceInfo
-from bridge_actors._persist import SessionStore
-from bridge_actors._sessions import BACKEND_DISABLED, SessionRegistry, session_record_problem
+from bridge_actors._services.persist import SessionStore
+from bridge_actors._services.sessions import (
+    BACKEND_DISABLED,
+    SessionRegistry,
+    session_record_problem,
+)
 
 DEVICE_FIELDS = (
     "udid",

@@ -22,16 +22,16 @@ from conftest import running_server
 from fakes import settings, simulated
 
 from bridge_actors import BridgeError, DeviceError, DeviceInfo, open_bridge
+from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 from bridge_actors._cli import main
 from bridge_actors._errors import DeleteFailed
-from bridge_actors._sessions import (
+from bridge_actors._services.sessions import (
     BACKEND_DISABLED,
     DELETE_FAILED,
     RESTORE_RETRY_INITIAL,
     RESTORE_RETRY_MAX,
     UNRESTORED,
 )
-from bridge_actors._simulated import SimulatedBackend, run_on_event_loop
 
 DEVICE = "iPhone 15 (simulated)"
 VERSION = "18.0"

@@ -10,7 +10,14 @@ import pytest
 import trio
 from PIL import Image
 
-from bridge_actors._backend import (
+from bridge_actors._backends.jpeg import JpegEncoder, decode_jpeg, qscale_for_quality
+from bridge_actors._backends.simulated import (
+    IOS_VERSIONS,
+    SimulatedBackend,
+    _LogScript,
+    run_on_event_loop,
+)
+from bridge_actors._device import (
     Button,
     DeviceBackend,
     DeviceInfo,
@@ -21,13 +28,6 @@ from bridge_actors._backend import (
     Text,
 )
 from bridge_actors._errors import BadInput, DeviceError
-from bridge_actors._jpeg import JpegEncoder, decode_jpeg, qscale_for_quality
-from bridge_actors._simulated import (
-    IOS_VERSIONS,
-    SimulatedBackend,
-    _LogScript,
-    run_on_event_loop,
-)
 
 IPHONE = "iPhone 15 (simulated)"
 WIDTH, HEIGHT = 390, 844

@@ -14,7 +14,7 @@ import trio
 from test_media import backend, make_clip
 
 from bridge_actors import BridgeError, DeviceError, Settings, StateDirInUse, open_bridge
-from bridge_actors._statelock import LOCK_FILENAME, hold_state_dir
+from bridge_actors._services.statelock import LOCK_FILENAME, hold_state_dir
 
 SERVE = [sys.executable, "-m", "bridge_actors", "serve", "--host", "127.0.0.1"]
 START_TIMEOUT = 60

@@ -4,7 +4,7 @@ import pytest
 import trio
 
 from bridge_actors._errors import CaptureFailed, InvalidSettings
-from bridge_actors._supervision import Backoff, RestartIntensity, Supervisor
+from bridge_actors._services.supervision import Backoff, RestartIntensity, Supervisor
 
 # --- pure policy -----------------------------------------------------------------------------
 

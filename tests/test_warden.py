@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from bridge_actors._errors import InvalidSettings
-from bridge_actors._warden import (
+from bridge_actors._services.warden import (
     GROWTH_WARMUP,
     Growth,
     GrowthMeter,

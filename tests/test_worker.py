@@ -2,7 +2,7 @@
 
 import json
 
-from bridge_actors._worker import probe_request, probe_response
+from bridge_actors._server.worker import probe_request, probe_response
 
 PROBES = {"/health": lambda: ({"status": "healthy"}, 200), "/readyz": lambda: ({}, 503)}
 

@@ -138,7 +138,7 @@ async def test_a_message_too_big_still_closes_with_1009(tmp_path):
 def test_install_refuses_a_hypercorn_it_does_not_know(monkeypatch):
     from hypercorn.protocol import h11
 
-    from bridge_actors import _wsclose
+    from bridge_actors._server import wsclose as _wsclose
 
     monkeypatch.setattr(h11, "WSStream", object)
     with pytest.raises(RuntimeError, match="cannot be installed"):

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from ._errors import BadInput
+from .._errors import BadInput
 
 logger = logging.getLogger("bridge_actors.persist")
 

@@ -29,8 +29,8 @@ from typing import Protocol
 import psutil
 import trio
 
-from ._checks import require_non_negative, require_positive
-from ._errors import InvalidSettings
+from .._checks import require_non_negative, require_positive
+from .._errors import InvalidSettings
 
 logger = logging.getLogger("bridge_actors.warden")
 

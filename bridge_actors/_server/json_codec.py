@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any
 
-from ._errors import BadInput
+from .._errors import BadInput
 
 __all__ = ["MAX_JSON_DEPTH", "decode_json", "encode_json", "json_depth"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import trio
 from PIL import Image, ImageDraw, ImageFont
 
-from ._backend import (
+from .._device import (
     Button,
     Configurations,
     ControlEvent,
@@ -38,8 +38,8 @@ from ._backend import (
     Tap,
     Text,
 )
-from ._errors import BadInput, DeviceError
-from ._jpeg import JpegEncoder
+from .._errors import BadInput, DeviceError
+from .jpeg import JpegEncoder
 
 _T = TypeVar("_T")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import trio
 
-from ._checks import require_int, require_positive
-from ._errors import BadInput, RateLimited, ServerBusy, SessionFull
+from .._checks import require_int, require_positive
+from .._errors import BadInput, RateLimited, ServerBusy, SessionFull
 
 DENIAL_REASONS = (RateLimited.reason, SessionFull.reason, ServerBusy.reason)
 

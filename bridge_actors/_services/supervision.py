@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import trio
 
-from ._checks import exception_leaves, require_non_negative
-from ._errors import CaptureFailed, InvalidSettings
+from .._checks import exception_leaves, require_non_negative
+from .._errors import CaptureFailed, InvalidSettings
 
 logger = logging.getLogger("bridge_actors.supervision")
 

@@ -28,12 +28,12 @@ from typing import Any
 import outcome
 import trio
 
-from ._backend import Configurations, ControlEvent, DeviceBackend, DeviceInfo
-from ._errors import BadInput, BridgeError, DeleteFailed, DeviceError, SessionNotFound
-from ._lifeline import Lifeline
-from ._logstream import LogStream
-from ._persist import SessionStore
-from ._supervision import Backoff
+from .._device import Configurations, ControlEvent, DeviceBackend, DeviceInfo
+from .._errors import BadInput, BridgeError, DeleteFailed, DeviceError, SessionNotFound
+from .lifeline import Lifeline
+from .logstream import LogStream
+from .persist import SessionStore
+from .supervision import Backoff
 
 log = logging.getLogger("bridge_actors.sessions")
 

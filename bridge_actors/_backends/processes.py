@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._errors import DeviceError
+from .._errors import DeviceError
 
 log = logging.getLogger("bridge_actors.subprocess")
 

@@ -24,10 +24,9 @@ from typing import Any
 import trio
 from quart import websocket
 
-from ._abort import StuckSockets
-from ._backend import Frame, LogLine, Screenshot, parse_control
-from ._bridge import Bridge
-from ._errors import (
+from .._bridge import Bridge
+from .._device import Frame, LogLine, Screenshot, parse_control
+from .._errors import (
     BadInput,
     BridgeError,
     CaptureFailed,
@@ -39,10 +38,11 @@ from ._errors import (
     SessionNotFound,
     ViewerEvicted,
 )
-from ._forwarded import connection_client
-from ._json import decode_json, encode_json
-from ._lifeline import Lifeline
-from ._rate import RateMeter
+from .._services.lifeline import Lifeline
+from .._services.meter import RateMeter
+from .abort import StuckSockets
+from .forwarded import connection_client
+from .json_codec import decode_json, encode_json
 
 log = logging.getLogger("bridge_actors.ws")
 
@@ -226,7 +226,7 @@ def normalize_control(message: dict[str, Any]) -> dict[str, Any]:
     The desktop viewer of the compatible clients sends a swipe's corners as
     ``startX``/``startY``/``endX``/``endY``. Anything else is returned unchanged, for
     ``parse_control`` to judge; keys given as HID usage codes it reads itself
-    (:func:`~bridge_actors._backend.resolve_key`), on every path alike.
+    (:func:`~bridge_actors._device.resolve_key`), on every path alike.
     """
     kind = message.get("t", message.get("type"))
     if kind == "swipe" and any(camel in message for camel in _SWIPE_ALIASES.values()):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._backend import DeviceBackend, DeviceInfo, LogLine
+from .._device import DeviceBackend, DeviceInfo, LogLine
 
 log = logging.getLogger("bridge_actors.logs")
 

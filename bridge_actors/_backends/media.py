@@ -30,11 +30,11 @@ import numpy as np
 import trio
 from av.video.reformatter import VideoReformatter
 
-from ._backend import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
-from ._errors import BadInput, DeviceError, InvalidSettings
-from ._jpeg import JpegEncoder, qscale_for_quality
-from ._settings import mask_password
-from ._sourcestats import SourceMeter, SourceStatistics
+from .._device import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
+from .._errors import BadInput, DeviceError, InvalidSettings
+from .._settings import mask_password
+from .jpeg import JpegEncoder, qscale_for_quality
+from .sourcestats import SourceMeter, SourceStatistics
 
 log = logging.getLogger("bridge_actors.media")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from ._backend import DeviceBackend
-from ._settings import Settings
+from .._device import DeviceBackend
+from .._settings import Settings
 
 
 def make_backends(
@@ -14,13 +14,13 @@ def make_backends(
     backends: dict[str, DeviceBackend] = {}
     for name in settings.backends:
         if name == "simulated":
-            from ._simulated import SimulatedBackend
+            from .simulated import SimulatedBackend
 
             backends[name] = SimulatedBackend(
                 encode_limiter=encode_limiter, jpeg_quality=settings.jpeg_quality
             )
         elif name == "media":
-            from ._media import MediaBackend
+            from .media import MediaBackend
 
             backends[name] = MediaBackend(
                 sources=settings.media_sources,
@@ -28,7 +28,7 @@ def make_backends(
                 jpeg_quality=settings.jpeg_quality,
             )
         elif name == "ios":
-            from ._ios import IosBackend
+            from .ios import IosBackend
 
             backends[name] = IosBackend(encode_limiter=encode_limiter, fps=settings.fps)
         else:

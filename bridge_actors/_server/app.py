@@ -31,24 +31,24 @@ from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ._abort import StuckSockets
-from ._backend import Screenshot
-from ._bridge import Bridge
-from ._errors import BadInput, DeviceError, RateLimited, SessionNotFound
-from ._forwarded import connection_client
-from ._json import decode_json
-from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ._metrics import make_registry, render_metrics
-from ._openapi import openapi_document, request_body
-from ._ratelimit import SlidingWindow
-from ._settings import Settings
-from ._ws import OpenSockets, SocketHandlers
+from .._bridge import Bridge
+from .._device import Screenshot
+from .._errors import BadInput, DeviceError, RateLimited, SessionNotFound
+from .._services.ratelimit import SlidingWindow
+from .._settings import Settings
+from .abort import StuckSockets
+from .forwarded import connection_client
+from .json_codec import decode_json
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import make_registry, render_metrics
+from .openapi import openapi_document, request_body
+from .ws import OpenSockets, SocketHandlers
 
 log = logging.getLogger("bridge_actors.http")
 
 __all__ = ["AppState", "app_state", "create_app"]
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SERVICE_NAME = "bridge_actors"
 MAX_FIELD_LENGTH = 200
 SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}

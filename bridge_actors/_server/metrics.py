@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._bridge import Bridge
-from ._warden import WardenTier
+from .._bridge import Bridge
+from .._services.warden import WardenTier
 
 __all__ = ["CONTENT_TYPE", "BridgeCollector", "render_metrics"]
 

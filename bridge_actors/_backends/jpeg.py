@@ -15,7 +15,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ._errors import BadInput
+from .._errors import BadInput
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"

@@ -6,7 +6,7 @@ hundreds of connection attempts, a health probe waits for the whole burst. Here
 each round drains the accept queue, and a complete ``GET /health`` (``/livez``,
 ``/readyz``) already waiting on a new connection is answered on the spot, before
 the connection would join the round-robin. Everything else goes to a
-:class:`~bridge_actors._connection.Connection` (Hypercorn's TCPServer with read
+:class:`~bridge_actors._server.connection.Connection` (Hypercorn's TCPServer with read
 deadlines) exactly as Hypercorn's worker would hand it over.
 """
 
@@ -26,7 +26,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from ._connection import CompleteResponses, Connection, json_response_bytes
+from .connection import CompleteResponses, Connection, json_response_bytes
 
 log = logging.getLogger("bridge_actors.server")
 

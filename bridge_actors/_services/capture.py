@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import trio
 
-from ._backend import DeviceBackend, DeviceInfo, Frame
-from ._errors import CaptureFailed, CaptureStopped, ServerBusy
-from ._fanout import Fanout, FanoutStatistics, Viewer
-from ._rate import RateMeter
-from ._supervision import Supervisor, SupervisorStatistics
+from .._device import DeviceBackend, DeviceInfo, Frame
+from .._errors import CaptureFailed, CaptureStopped, ServerBusy
+from .fanout import Fanout, FanoutStatistics, Viewer
+from .meter import RateMeter
+from .supervision import Supervisor, SupervisorStatistics
 
 log = logging.getLogger("bridge_actors.capture")
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._errors import BridgeError, StateDirInUse
+from .._errors import BridgeError, StateDirInUse
 
 __all__ = ["LOCK_FILENAME", "hold_state_dir"]
 

@@ -27,13 +27,13 @@ import trio
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
-from ._abort import abort_connections
-from ._app import ProbeFastPath, app_state, create_app
-from ._bridge import Bridge
-from ._checks import one_exception
-from ._settings import Settings
-from ._worker import worker_serve
-from ._wsclose import install as install_ws_close
+from .._bridge import Bridge
+from .._checks import one_exception
+from .._settings import Settings
+from .abort import abort_connections
+from .app import ProbeFastPath, app_state, create_app
+from .worker import worker_serve
+from .wsclose import install as install_ws_close
 
 log = logging.getLogger("bridge_actors.server")
 

@@ -37,8 +37,7 @@ from typing import Any
 
 import trio
 
-from . import _subprocess
-from ._backend import (
+from .._device import (
     Button,
     Configurations,
     ControlEvent,
@@ -53,10 +52,10 @@ from ._backend import (
     key_code,
     resolve_key,
 )
-from ._errors import BadInput, DeviceError, InvalidSettings
-from ._mjpeg import MjpegParser, jpeg_size
-from ._sourcestats import SourceMeter, SourceStatistics
-from ._subprocess import (
+from .._errors import BadInput, DeviceError, InvalidSettings
+from . import processes as _subprocess
+from .mjpeg import MjpegParser, jpeg_size
+from .processes import (
     CommandFailed,
     CommandResult,
     CommandTimeout,
@@ -65,6 +64,7 @@ from ._subprocess import (
     open_child,
     run_command,
 )
+from .sourcestats import SourceMeter, SourceStatistics
 
 log = logging.getLogger("bridge_actors.ios")
 

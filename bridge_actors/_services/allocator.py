@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import psutil
 import trio
 
-from ._checks import require_positive
+from .._checks import require_positive
 
 log = logging.getLogger("bridge_actors.warden")
 

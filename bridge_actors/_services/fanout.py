@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import trio
 
-from ._backend import Frame
-from ._errors import ViewerEvicted
-from ._lifeline import Lifeline
+from .._device import Frame
+from .._errors import ViewerEvicted
+from .lifeline import Lifeline
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket server: Quart-Trio on Hypercorn, over the bridge's services."""

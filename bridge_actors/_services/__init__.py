@@ -1,0 +1,1 @@
+"""The services: one Trio task each, owning its state; no device and no HTTP here."""
