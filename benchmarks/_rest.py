@@ -44,7 +44,7 @@ COLUMNS = (
     ("p99_ms", "p99 ms", "{:.1f}"),
     ("fds_before", "fds before", "{}"),
     ("fds_peak", "fds peak", "{}"),
-    ("fds_at_done", "fds at end", "{}"),
+    ("fds_at_done", "fds at last response", "{}"),
     ("fds_back_after_s", "back after s", "{:.2f}"),
 )
 
@@ -115,18 +115,28 @@ async def _requests_part(
            "requests": requests, "connections": connections, "close": close,
            "request_limit": request_limit, "deadline": PART_LIMIT,
            "hold_limit": watch + 30}  # fmt: skip
+    peak = [before or 0]
+
+    async def follow_peak() -> None:
+        while True:
+            peak[0] = max(peak[0], meter.descriptors() or 0)
+            await trio.sleep(0.05)
+
     with ctx.reporter.task(f"http {part}", total=requests) as bar:
-        worker = await ctx.worker(
-            nursery, f"http/{part}", job,
-            on_progress=lambda w: bar.update(
-                completed=w.progress.get("done", 0), info=f"{w.progress.get('ok', 0)} ok"
-            ),
-        )  # fmt: skip
-        done = await worker.wait_for("done", PART_LIMIT + 30)
+        async with trio.open_nursery() as sampling:
+            sampling.start_soon(follow_peak)
+            worker = await ctx.worker(
+                nursery, f"http/{part}", job,
+                on_progress=lambda w: bar.update(
+                    completed=w.progress.get("done", 0), info=f"{w.progress.get('ok', 0)} ok"
+                ),
+            )  # fmt: skip
+            done = await worker.wait_for("done", PART_LIMIT + 30)
+            sampling.cancel_scope.cancel()
     at_done = meter.descriptors()
     since = done["last_response_at"] or time.time()
     with ctx.reporter.task(f"http {part}: server descriptors back at {before}?"):
-        back, peak = await back_at_baseline(meter, before, since, watch)
+        back, peak_after = await back_at_baseline(meter, before, since, watch)
     left = meter.descriptors()
     await worker.finish()
     outcomes = done["outcomes"]
@@ -143,7 +153,7 @@ async def _requests_part(
         "p50_ms": done["latency_ms"]["p50"],
         "p99_ms": done["latency_ms"]["p99"],
         "fds_before": before,
-        "fds_peak": None if peak is None else max(peak, at_done or 0),
+        "fds_peak": None if before is None else max(peak[0], peak_after or 0, at_done or 0),
         "fds_at_done": at_done,
         "fds_back_after_s": back,
         "fds_left": left,
