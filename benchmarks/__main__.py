@@ -1,7 +1,10 @@
 """``python -m benchmarks SCENARIO ...`` (also ``bridge-actors bench SCENARIO ...``).
 
-Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, and
-``standard`` (the set whose results RESULTS.md holds). By default each scenario
+Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, http
+(REST throughput and latency on keep-alive, ``Connection: close`` and proxied
+connections, idle connections, and the server's descriptors after each),
+rounds (rounds of video viewers that never read; the server's RSS after each),
+and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
 running server instead, and only at a loopback one unless ``--allow-remote``.
@@ -24,12 +27,15 @@ from typing import Any
 import psutil
 import trio
 
-from . import _scenarios, _stress
+from . import _rest, _scenarios, _stress
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
-from ._server import TargetRefused, check_url, raise_harness_priority
+from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
-SCENARIOS = ("fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "standard")
+SCENARIOS = (
+    "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
+    "standard",
+)  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
 
@@ -131,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--stalled", type=_positive(int), default=5, help="slow: stalled viewers")
     load.add_argument("--normal", type=_positive(int), default=50, help="slow: normal viewers")
     load.add_argument(
-        "--deadline", type=_positive(float), default=3.0, help="slow: eviction deadline"
+        "--deadline", type=_positive(float), default=3.0, help="slow, rounds: eviction deadline"
     )
     load.add_argument("--stall-window", type=_positive(float), help="slow: seconds with stalls")
     load.add_argument("--taps", type=_positive(int), default=60, help="control: taps")
@@ -139,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--population", type=_positive(int), default=20, help="soak: viewers at once")
     load.add_argument("--memory-viewers", type=_positive(int), default=1000)
     load.add_argument("--viewer-fps", type=_positive(float), default=1.0, help="memory: ?fps=")
+    load.add_argument(
+        "--requests", type=_positive(int), default=4000, help="http: requests in each part"
+    )
+    load.add_argument(
+        "--http-connections", type=_positive(int), default=16, help="http: clients at once"
+    )
+    load.add_argument("--idle", type=_positive(int), default=1000, help="http: idle connections")
+    load.add_argument(
+        "--keep-alive-timeout",
+        type=_positive(float),
+        default=5.0,
+        help="http: the server's keep-alive timeout (set on a server the harness starts, "
+        "assumed of a --url one)",
+    )
+    load.add_argument(
+        "--request-timeout", type=_positive(float), default=2.0, help="http: seconds per request"
+    )
+    load.add_argument("--rounds", type=_positive(int), default=5, help="rounds: rounds")
+    load.add_argument(
+        "--round-viewers", type=_positive(int), default=500, help="rounds: viewers per round"
+    )
     return parser
 
 
@@ -220,6 +247,18 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
             partial(_scenarios.memory, ctx, viewers=args.memory_viewers, fps=args.viewer_fps,
                     duration=min(d, 5.0), fmt=fmt, client=viewer_client),
         ),
+        "http": (
+            budget(4 * (_rest.PART_LIMIT + args.keep_alive_timeout + 12)
+                   + args.idle / 100 + args.keep_alive_timeout + 30),
+            partial(_rest.http, ctx, requests=args.requests, connections=args.http_connections,
+                    idle=args.idle, keep_alive=args.keep_alive_timeout,
+                    request_limit=args.request_timeout),
+        ),
+        "rounds": (
+            budget((args.rounds + 1) * (args.round_viewers / 50 + args.deadline + 15 + 40)),
+            partial(_stress.rounds, ctx, rounds=args.rounds, viewers=args.round_viewers,
+                    deadline=args.deadline, fmt=fmt),
+        ),
     }  # fmt: skip
     if args.scenario != "standard":
         limit, run = runs[args.scenario]
@@ -280,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "revision": _revision(),
         "target": args.base_url or "a server started by the harness",
         "harness_niceness": raise_harness_priority(),
+        "descriptor_limit": raise_descriptor_limit(),
     }
     with Reporter(progress=not args.no_progress) as reporter:
         reporter.note(

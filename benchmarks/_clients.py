@@ -10,7 +10,9 @@ the job (a JSON object with a ``mode``); later lines are commands (``measure``,
 Modes: ``viewers`` (hold viewers open, measure a window), ``churn`` (connect,
 first frame, disconnect, over and over), ``flood`` (bursts of connection
 attempts, each timed until the server closes it), ``control`` (taps and their
-tap-to-frame latency), ``soak`` (viewers joining and leaving).
+tap-to-frame latency), ``soak`` (viewers joining and leaving), ``http``
+(REST requests on keep-alive or ``Connection: close`` connections) and ``idle``
+(connections that send nothing, or one request, and then just stay).
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ import trio
 import trio_websocket
 
 from ._lean import run_lean_viewer
+from ._rawhttp import (
+    RawHttpConnection,
+    RequestTally,
+    close_mode_client,
+    keep_alive_client,
+    request_bytes,
+)
 from ._stats import Histogram
 from ._viewer import RECEIVE_BUFFER, Verifier, ViewerRecord, Window, run_viewer
 from ._wire import binary_frame_facts, json_frame_facts, raw_connect, split_ws_url
@@ -400,7 +409,121 @@ async def soak(job: dict[str, Any], commands: trio.MemoryReceiveChannel) -> None
     )
 
 
-MODES = {"viewers": viewers, "churn": churn, "flood": flood, "control": control, "soak": soak}
+# --- http -------------------------------------------------------------------------------------
+
+
+async def _wait_for_stop(commands: trio.MemoryReceiveChannel, limit: float) -> None:
+    with trio.move_on_after(limit):
+        async for command in commands:
+            if command.get("cmd") == "stop":
+                return
+
+
+async def http(job: dict[str, Any], commands: trio.MemoryReceiveChannel) -> None:
+    """``requests`` GETs over ``connections`` clients, keep-alive or ``Connection: close``.
+
+    Emits ``done`` after the last response, then holds the keep-alive connections open
+    (clients that never close) until told to stop."""
+    host, port, path = job["host"], job["port"], job["path"]
+    remaining = [job["requests"]]
+    tally = RequestTally()
+    held: list[RawHttpConnection] = []
+    request_limit = job.get("request_limit", 2.0)
+
+    def counts() -> dict[str, Any]:
+        return {"done": tally.done, "ok": tally.outcomes.get("ok", 0)}
+
+    with trio.move_on_after(job.get("deadline", 120)) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_progress, job.get("progress_interval", 0.5), counts)
+            async with trio.open_nursery() as clients:
+                for _ in range(job.get("connections", 16)):
+                    if job.get("close"):
+                        clients.start_soon(
+                            close_mode_client, host, port, path, remaining, tally, request_limit
+                        )
+                    else:
+                        clients.start_soon(
+                            keep_alive_client,
+                            host,
+                            port,
+                            path,
+                            remaining,
+                            tally,
+                            request_limit,
+                            held,
+                        )
+            nursery.cancel_scope.cancel()
+    emit("done", requests=job["requests"], timed_out=scope.cancelled_caught,
+         held_open=len(held), **tally.to_json())  # fmt: skip
+    await _wait_for_stop(commands, job.get("hold_limit", 60))
+    for conn in held:
+        await conn.aclose()
+    emit("result", held_open=len(held), cpu_s=_cpu_seconds())
+
+
+async def _closed_by_peer(stream: trio.SocketStream) -> bool:
+    """Whether the server has closed this connection we never closed (EOF or reset)."""
+    try:
+        with trio.move_on_after(0.2):
+            while True:
+                if not await stream.receive_some(65536):
+                    return True
+    except (OSError, trio.BrokenResourceError):
+        return True
+    return False
+
+
+async def idle(job: dict[str, Any], commands: trio.MemoryReceiveChannel) -> None:
+    """``silent`` connections that send nothing and ``after_request`` that send one
+    keep-alive request, read its answer, and then stay; none of them ever closes until
+    told to stop."""
+    host, port = job["host"], job["port"]
+    streams: list[trio.SocketStream] = []
+    tally = Counter()
+    request = request_bytes(host, port, job.get("path", "/health"), close=False)
+
+    async def one(send_request: bool) -> None:
+        try:
+            with trio.fail_after(10):
+                conn = await RawHttpConnection.open(host, port)
+                streams.append(conn.stream)
+                if send_request:
+                    await conn.stream.send_all(request)
+                    reply = await conn.read_by_length()
+                    tally["answered" if reply.status == 200 else f"http_{reply.status}"] += 1
+                tally["opened"] += 1
+        except (OSError, EOFError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            tally[f"failed: {type(exc).__name__}"] += 1
+
+    async def lane(kinds: list[bool]) -> None:
+        while kinds:
+            await one(kinds.pop())
+
+    kinds = [False] * job.get("silent", 0) + [True] * job.get("after_request", 0)
+    random.Random(0).shuffle(kinds)
+    with trio.move_on_after(job.get("deadline", 60)):
+        async with trio.open_nursery() as nursery:
+            for _ in range(job.get("concurrency", 32)):
+                nursery.start_soon(lane, kinds)
+    emit("ready", ready_at=time.time(), **tally)
+    await _wait_for_stop(commands, job.get("hold_limit", 120))
+    closed = [False] * len(streams)
+
+    async def check(i: int, stream: trio.SocketStream) -> None:
+        closed[i] = await _closed_by_peer(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i, stream in enumerate(streams):
+            nursery.start_soon(check, i, stream)
+    for stream in streams:
+        await stream.aclose()
+    emit("result", opened=len(streams), closed_by_server=sum(closed), tally=dict(tally),
+         cpu_s=_cpu_seconds())  # fmt: skip
+
+
+MODES = {"viewers": viewers, "churn": churn, "flood": flood, "control": control, "soak": soak,
+         "http": http, "idle": idle}  # fmt: skip
 
 
 async def _main() -> None:

@@ -128,6 +128,7 @@ class Results:
         self.figures: list[dict[str, Any]] = []  # {"scenario", "run", "figures"}
         self.targets: list[Target] = []
         self.series: dict[str, list[tuple[float, float]]] = {}  # name -> points
+        self.tables: list[dict[str, Any]] = []  # {"title", "columns", "rows"}
 
     async def write(self, *records: dict[str, Any]) -> None:
         lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
@@ -178,6 +179,20 @@ class Results:
         self.targets.extend(targets)
         await self.write(*(t.to_json() for t in targets))
 
+    async def add_table(
+        self,
+        scenario: str,
+        title: str,
+        columns: tuple[tuple[str, str, str], ...],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Rows of one kind (the parts of a scenario, its rounds) as one table:
+        ``columns`` are (row key, heading, format) like ``LOAD_COLUMNS``."""
+        self.tables.append({"title": title, "columns": columns, "rows": rows})
+        await self.write(
+            *({"kind": "row", "scenario": scenario, "table": title, **row} for row in rows)
+        )
+
     async def add_series(self, name: str, points: list[tuple[float, float]]) -> None:
         self.series[name] = points
         await self.write({"kind": "series", "name": name, "points": points})
@@ -195,6 +210,13 @@ class Results:
                 table.add_row(
                     load["run"], *(_cell(aggregate.get(k), f) for k, _, f in LOAD_COLUMNS)
                 )
+            console.print(table)
+        for item in self.tables:
+            table = Table(title=item["title"], title_justify="left")
+            for _, heading, _ in item["columns"]:
+                table.add_column(heading, justify="right")
+            for row in item["rows"]:
+                table.add_row(*(_cell(row.get(k), f) for k, _, f in item["columns"]))
             console.print(table)
         for item in self.figures:
             table = Table(title=item["run"], title_justify="left", show_header=False)
@@ -240,6 +262,14 @@ class Results:
                 aggregate = {**load["params"], **load["aggregate"]}
                 cells = (_cell(aggregate.get(k), f) for k, _, f in LOAD_COLUMNS)
                 out.append(f"| {load['run']} | " + " | ".join(cells) + " |")
+            out.append("")
+        for item in self.tables:
+            out += [f"### {item['title']}", ""]
+            out.append("| " + " | ".join(h for _, h, _ in item["columns"]) + " |")
+            out.append("|---" * len(item["columns"]) + "|")
+            for row in item["rows"]:
+                cells = (_cell(row.get(k), f) for k, _, f in item["columns"])
+                out.append("| " + " | ".join(cells) + " |")
             out.append("")
         for item in self.figures:
             out += [f"### {item['run']}", "", "| figure | value |", "|---|---|"]

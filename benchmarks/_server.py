@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,15 @@ class ProcessMeter:
         except psutil.Error:
             return None
 
+    def descriptors(self) -> int | None:
+        """The process's open file descriptors (sockets included)."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.num_fds()
+        except psutil.Error:
+            return None
+
     def open_sockets_to(self, local_ports: set[int]) -> set[int]:
         """Which of these client ports the server still holds a socket for."""
         if self.process is None:
@@ -171,6 +181,21 @@ def raise_harness_priority(increment: int = 10) -> int:
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, _ORIGINAL_NICENESS - increment)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def raise_descriptor_limit() -> int:
+    """The soft RLIMIT_NOFILE raised to the hard limit; returns the limit now in force.
+
+    A thousand idle connections or stalled viewers need more descriptors than a
+    default soft limit of 1,024 allows, in the harness, its workers and the server it
+    starts (children inherit the limit).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max(soft, 1 << 20) if hard == resource.RLIM_INFINITY else hard
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def normal_priority() -> None:

@@ -123,6 +123,28 @@ class StalledViewers:
             self.sockets.append(sock)
             self.traces.append(StallTrace(sock.local_port, time.time()))
 
+    async def open_many(self, count: int, concurrency: int = 16) -> dict[str, int]:
+        """Open ``count`` sockets, ``concurrency`` handshakes at a time; the failures by kind."""
+        failures: dict[str, int] = {}
+        left = [count]
+
+        async def lane() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                try:
+                    sock = await raw_connect(self.target, receive_buffer=self.receive_buffer)
+                except (OSError, trio.TooSlowError) as exc:
+                    kind = str(exc) if "refused" in str(exc) else type(exc).__name__
+                    failures[kind] = failures.get(kind, 0) + 1
+                    continue
+                self.sockets.append(sock)
+                self.traces.append(StallTrace(sock.local_port, time.time()))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(concurrency, count)):
+                nursery.start_soon(lane)
+        return failures
+
     async def watch(self, interval: float = 0.05) -> None:
         """Sample /proc/net/tcp until every stalled socket has been closed by the server."""
         while any(t.closed_at is None for t in self.traces):

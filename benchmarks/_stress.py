@@ -1,4 +1,5 @@
-"""The scenarios of connections under stress: churn, floods past the limits, stalled viewers.
+"""The scenarios of connections under stress: churn, floods past the limits, stalled viewers,
+and rounds of many stalled viewers (does the server give their memory back?).
 
 Each checks that the server stays correct (counters, close codes, evictions) and quick
 (``/health``) while clients connect, leave, get refused or stop reading.
@@ -12,14 +13,14 @@ from typing import Any
 
 import trio
 
-from ._harness import HealthSampler, connection_balance, server_stats
+from ._harness import HealthSampler, MeterSampler, connection_balance, server_stats
 from ._load import Context, sample_rss, viewer_load
 from ._scenarios import MANY, MB, rounded, viewer_urls, wait_balanced
 from ._server import ProcessMeter
 from ._stall import StalledViewers
 from ._stats import quantile
 from ._targets import at_most, below, holds
-from ._wire import split_ws_url
+from ._wire import Target, split_ws_url
 
 # --- churn ----------------------------------------------------------------------------------
 
@@ -332,3 +333,192 @@ def _evicted(stats: dict[str, Any] | None) -> int | None:
     captures = stats.get("captures") or {}
     values = captures.values() if isinstance(captures, dict) else captures
     return sum(c.get("evicted", 0) for c in values)
+
+
+# --- rounds of stalled viewers ----------------------------------------------------------------
+
+ROUND_COLUMNS = (
+    ("round", "round", "{}"),
+    ("connected", "connected", "{}"),
+    ("evicted", "evicted", "{}"),
+    ("closed_by_server", "closed by server", "{}"),
+    ("held_s", "held s", "{:.1f}"),
+    ("no_connections_after_s", "0 active after s", "{:.2f}"),
+    ("rss_mb", "RSS MB", "{:.1f}"),
+    ("rss_vs_baseline_mb", "vs baseline MB", "{:+.1f}"),
+    ("rss_settled_s", "settled in s", "{:.1f}"),
+)
+
+
+def _active(stats: dict[str, Any] | None) -> int | None:
+    """The connections the server counts as open: its limiter's, else its sessions' count."""
+    if not stats:
+        return None
+    limiter = stats.get("rate_limiter") or {}
+    if "active_connections" in limiter:
+        return limiter["active_connections"]
+    return (stats.get("connection_manager") or {}).get("total_connections")
+
+
+async def _until_no_connections(base_url: str, limit: float) -> float | None:
+    """Seconds until /stats reports 0 open connections (None if not within ``limit``)."""
+    began = time.perf_counter()
+    with trio.move_on_after(limit):
+        while True:
+            if _active(await server_stats(base_url)) == 0:
+                return round(time.perf_counter() - began, 3)
+            await trio.sleep(0.1)
+    return None
+
+
+async def settled_rss(
+    meter: ProcessMeter, limit: float, *, window: int = 5, interval: float = 0.5, spread_mb=1.0
+) -> tuple[int | None, float | None]:
+    """The server's RSS once ``window`` readings ``interval`` apart lie within ``spread_mb``
+    (their median), and how long that took; after ``limit`` seconds, the median of the last
+    readings and None."""
+    began = time.perf_counter()
+    readings: list[int] = []
+    with trio.move_on_after(limit):
+        while True:
+            rss = meter.rss()
+            if rss is not None:
+                readings = [*readings[-(window - 1) :], rss]
+                if len(readings) == window and (max(readings) - min(readings)) / MB <= spread_mb:
+                    return sorted(readings)[window // 2], round(time.perf_counter() - began, 1)
+            await trio.sleep(interval)
+    return (sorted(readings)[len(readings) // 2] if readings else None), None
+
+
+async def _stalled_round(
+    ctx: Context,
+    server: Any,
+    meter: ProcessMeter,
+    target: Target,
+    label: str,
+    count: int,
+    *,
+    deadline: float,
+    receive_buffer: int,
+    settle_limit: float,
+) -> dict[str, Any]:
+    """``count`` viewers that never read: connect them all, hold them until the server has
+    evicted and closed them (bounded), close them, wait for 0 connections and a still RSS."""
+    stalls = StalledViewers(target, server_port=target.port, receive_buffer=receive_buffer)
+    evicted0 = _evicted(await server_stats(server.base_url)) or 0
+    evicted = 0
+    began = time.perf_counter()
+    try:
+        with ctx.reporter.task(f"rounds {label}: connecting {count} that never read"):
+            failures = await stalls.open_many(count)
+        connected = len(stalls.sockets)
+
+        async def until_evicted() -> None:
+            nonlocal evicted
+            while evicted < connected:
+                evicted = (_evicted(await server_stats(server.base_url)) or 0) - evicted0
+                await trio.sleep(0.25)
+
+        with ctx.reporter.task(f"rounds {label}: holding until the server evicts them"):
+            with trio.move_on_after(deadline + 15):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stalls.watch, 0.2)
+                    nursery.start_soon(until_evicted)
+        held = time.perf_counter() - began
+    finally:
+        stalls.close()
+    closed = sum(1 for t in stalls.traces if t.closed_at is not None)
+    with ctx.reporter.task(f"rounds {label}: waiting for 0 connections and a still RSS"):
+        no_connections = await _until_no_connections(server.base_url, 20)
+        rss, settled_s = await settled_rss(meter, settle_limit)
+    return {
+        "round": label,
+        "viewers": count,
+        "connected": connected,
+        "refused": failures,
+        "evicted": evicted,
+        "closed_by_server": closed,
+        "held_s": round(held, 1),
+        "no_connections_after_s": no_connections,
+        "rss_mb": rounded(rss / MB if rss else None, 1),
+        "rss_settled_s": settled_s,
+    }
+
+
+async def rounds(
+    ctx: Context,
+    *,
+    rounds: int = 5,
+    viewers: int = 500,
+    deadline: float = 3.0,
+    fmt: str = "json",
+    receive_buffer: int = 4096,
+    warmup: int = 50,
+    allowance_mb: float = 20.0,
+) -> None:
+    """``rounds`` times ``viewers`` video viewers that never read (a ``receive_buffer`` of
+    4 KB), each round evicted, closed and gone; the server's RSS after each round against
+    its RSS before the first (after a warm-up round of ``warmup`` such viewers)."""
+    settings = {
+        "max_connections_per_session": viewers + 50,
+        "max_connections_per_minute": MANY,
+        "max_connections": max(2000, viewers + 100),
+        "viewer_deadline": deadline,
+    }
+    settle_limit = 4.0 if ctx.args.quick else 20.0
+    async with ctx.server("rounds", settings) as server, trio.open_nursery() as nursery:
+        meter = ProcessMeter(server.pid)
+        sampler = MeterSampler(meter, interval=0.5)
+        nursery.start_soon(sampler.run)
+        origin = time.time()
+        target = split_ws_url(server.video_url(server.sessions[0], binary=fmt == "binary"))
+
+        async def one(label: str, count: int) -> dict[str, Any]:
+            return await _stalled_round(
+                ctx, server, meter, target, label, count, deadline=deadline,
+                receive_buffer=receive_buffer, settle_limit=settle_limit,
+            )  # fmt: skip
+
+        warm = await one("warm-up", min(warmup, viewers))
+        baseline = warm["rss_mb"]
+        rows = [warm]
+        for i in range(1, rounds + 1):
+            row = await one(str(i), viewers)
+            rows.append(row)
+        nursery.cancel_scope.cancel()
+    for row in rows:
+        row["rss_vs_baseline_mb"] = (
+            None
+            if row["rss_mb"] is None or baseline is None
+            else round(row["rss_mb"] - baseline, 1)
+        )
+    points = [(t - origin, rss / MB) for t, _, rss in sampler.samples if rss is not None]
+    await ctx.results.add_table(
+        "rounds", f"rounds: {rounds} x {viewers} viewers that never read", ROUND_COLUMNS, rows
+    )
+    await ctx.results.add_figures("rounds", "rounds", {
+        "rounds": rounds, "viewers_per_round": viewers, "deadline_s": deadline,
+        "receive_buffer_bytes": receive_buffer, "format": fmt,
+        "rss_baseline_mb": baseline,
+        "rss_after_each_round_mb": [r["rss_mb"] for r in rows[1:]],
+        "rss_max_mb": rounded(max(p[1] for p in points) if points else None, 1),
+        "refused": [r["refused"] for r in rows[1:]],
+    })  # fmt: skip
+    await ctx.results.add_series("rounds RSS (MB)", points)
+    measured = rows[1:]
+    targets = [
+        at_most("rounds", f"round {r['round']}: server RSS after it vs before round 1",
+                r["rss_vs_baseline_mb"], allowance_mb, " MB")
+        for r in measured
+    ]  # fmt: skip
+    targets += [
+        holds("rounds", "every round: the server reports 0 connections after its viewers left",
+              all(r["no_connections_after_s"] is not None for r in measured),
+              "0 within 20 s", f"after {[r['no_connections_after_s'] for r in measured]} s"),
+        holds("rounds", "every round: every viewer connected and was evicted",
+              all(r["connected"] == r["evicted"] == viewers for r in measured),
+              f"{viewers} connected and {viewers} evicted per round",
+              f"connected {[r['connected'] for r in measured]}, "
+              f"evicted {[r['evicted'] for r in measured]}"),
+    ]  # fmt: skip
+    await ctx.results.add_targets(*targets)

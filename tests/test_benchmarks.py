@@ -18,6 +18,7 @@ import trio
 
 from benchmarks import __main__ as bench
 from benchmarks._figures import summarize_viewers
+from benchmarks._report import Reporter, Results
 from benchmarks._server import TargetRefused, check_url
 from benchmarks._stall import StallTrace, TcpEntry, parse_proc_net_tcp
 from benchmarks._stats import Histogram, quantile, source_span
@@ -141,6 +142,18 @@ def test_proc_net_tcp_and_the_stall_trace():
     assert summary["server_socket_state"] == "FIN_WAIT1"
 
 
+@pytest.mark.parametrize("name", ["http", "rounds"])
+def test_the_connection_scenarios_have_their_options_and_a_plan_entry(name, tmp_path):
+    args = bench.build_parser().parse_args([name, "--quick"])
+    args.base_url = None
+    ctx = bench.Context(args, Reporter(progress=False), Results(tmp_path / "r.jsonl"), tmp_path)
+    ((planned, limit, run),) = bench.plan(ctx, args)
+    assert planned == name and limit > 60 and callable(run)
+    assert (args.requests, args.http_connections, args.idle) == (4000, 16, 1000)
+    assert (args.keep_alive_timeout, args.rounds, args.round_viewers) == (5.0, 5, 500)
+    assert name in (bench.__doc__ or "")
+
+
 # --- every scenario, for real -----------------------------------------------------------------
 
 SCENARIOS = {
@@ -153,6 +166,9 @@ SCENARIOS = {
     "control": ["--taps", "3", "--no-plots"],
     "soak": ["--minutes", "0.04", "--population", "3", "--no-plots"],
     "memory": ["--memory-viewers", "5", "--duration", "0.5", "--no-plots"],
+    "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
+             "--keep-alive-timeout", "1", "--no-plots"],
+    "rounds": ["--rounds", "1", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
 }  # fmt: skip
 
 
@@ -285,3 +301,26 @@ def test_memory_reports_rss_per_viewer(runs):
     aggregate, viewers = _load(runs["memory"], "memory-5-at-1fps")
     assert aggregate["streaming_viewers"] == 5 == len(viewers)
     assert aggregate["rss_per_viewer_kb"] is not None
+
+
+def test_http_measures_each_part_and_the_descriptors_after_it(runs):
+    rows = {r["part"]: r for r in _kind(runs["http"], "row")}
+    assert set(rows) == {"keep-alive", "close", "nginx keep-alive", "nginx close", "idle"}
+    for part in ("keep-alive", "close", "nginx keep-alive", "nginx close"):
+        row = rows[part]
+        assert row["requests"] == 40 and row["ok"] + row["failed"] > 0
+        assert row["fds_before"] > 0 and row["fds_peak"] >= row["fds_before"]
+        assert "fds_back_after_s" in row
+    assert rows["idle"]["connections"] == 20 and rows["idle"]["p99_ms"] is not None
+    names = {t["name"] for t in _kind(runs["http"], "target")}
+    assert "close: server descriptors back at the baseline" in names
+    assert "/health p99 with 20 idle connections open" in names
+
+
+def test_rounds_records_the_rss_after_each_round(runs):
+    rows = _kind(runs["rounds"], "row")
+    assert [r["round"] for r in rows] == ["warm-up", "1"]
+    assert all(r["connected"] == 3 and r["rss_mb"] > 0 for r in rows)
+    assert rows[1]["rss_vs_baseline_mb"] is not None
+    names = {t["name"] for t in _kind(runs["rounds"], "target")}
+    assert "round 1: server RSS after it vs before round 1" in names
