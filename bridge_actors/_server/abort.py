@@ -1,61 +1,75 @@
 """Ending TCP connections that a blocked send holds open.
 
 Hypercorn's trio worker sends inside a shielded cancel scope, so a handler whose
-client stopped reading cannot be cancelled out of its send. Shutting the socket
-down underneath it (through a duplicate descriptor, so the owner still closes its
-own) makes that send fail at once and lets the handler finish.
+client stopped reading cannot be cancelled out of its send. Resetting the socket
+underneath it (``SO_LINGER`` 0, then ``shutdown``) makes that send fail at once
+and lets the handler finish; the connection's owner still closes its descriptor.
+
+The accept loop registers every connection it hands to Hypercorn in
+:class:`OpenConnections` under its peer address, so that a reset is a dictionary
+lookup and two system calls on the event loop: no listing of the process's
+sockets, no worker thread, however many viewers are evicted at once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import struct
 from dataclasses import dataclass
 
-import psutil
 import trio
 
 log = logging.getLogger("bridge_actors.server")
 
+__all__ = ["OpenConnections", "StuckSocketStatistics", "StuckSockets"]
 
-def abort_connections(port: int, peer: tuple[str, int] | None = None) -> int:
-    """Reset every connection this process accepted on ``port`` (only the one from
-    ``peer`` when given); returns how many. Blocking (it reads /proc): call it in a
-    thread."""
-    aborted = 0
-    for connection in psutil.Process().net_connections(kind="tcp"):
-        if (
-            connection.fd < 0
-            or not connection.raddr
-            or not connection.laddr
-            or connection.laddr.port != port
-            or (peer is not None and (connection.raddr.ip, connection.raddr.port) != peer)
-        ):
-            continue
+Peer = tuple[str, int]
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with RST, drop unsent data
+
+
+class OpenConnections:
+    """The sockets of the connections being served, by peer address."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[Peer, trio.socket.SocketType] = {}
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, sock: trio.socket.SocketType) -> Peer | None:
         try:
-            duplicate = socket.socket(fileno=os.dup(connection.fd))
+            peer = sock.getpeername()[:2]
         except OSError:
-            continue  # closed since it was listed
-        with duplicate:
-            try:
-                if duplicate.getsockname()[1] != port:
-                    continue  # the descriptor was reused since it was listed
-                if peer is not None and duplicate.getpeername()[:2] != peer:
-                    continue
-                duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                duplicate.shutdown(socket.SHUT_RDWR)
-                aborted += 1
-            except OSError:
-                continue
-    return aborted
+            return None  # gone already
+        self._sockets[peer] = sock
+        return peer
+
+    def discard(self, peer: Peer | None, sock: trio.socket.SocketType) -> None:
+        if peer is not None and self._sockets.get(peer) is sock:
+            del self._sockets[peer]
+
+    def reset(self, peer: Peer) -> bool:
+        """Reset ``peer``'s connection; False if it is not (or no longer) open."""
+        sock = self._sockets.get(peer)
+        if sock is None:
+            return False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False  # the client left meanwhile
+        return True
+
+    def reset_all(self) -> int:
+        return sum(self.reset(peer) for peer in list(self._sockets))
 
 
 @dataclass(frozen=True, slots=True)
 class StuckSocketStatistics:
     watched: int
     reset: int
+    open_connections: int
 
 
 class StuckSockets:
@@ -65,32 +79,32 @@ class StuckSockets:
 
     def __init__(self, *, grace: float = 1.0) -> None:
         self.grace = grace
+        self.connections = OpenConnections()
         self._nursery: trio.Nursery | None = None
-        self._port: int | None = None
         self.watched = 0
         self.reset = 0
 
-    async def run(self, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery, self._port = nursery, port
+            self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
-    def watch(self, peer: tuple[str, int] | None, finished: trio.Event) -> None:
+    def watch(self, peer: Peer | None, finished: trio.Event) -> None:
         """Reset ``peer``'s connection unless ``finished`` is set within the grace."""
         if self._nursery is None or peer is None or finished.is_set():
             return
         self.watched += 1
         self._nursery.start_soon(self._reset_if_stuck, peer, finished)
 
-    async def _reset_if_stuck(self, peer: tuple[str, int], finished: trio.Event) -> None:
+    async def _reset_if_stuck(self, peer: Peer, finished: trio.Event) -> None:
         with trio.move_on_after(self.grace) as waiting:
             await finished.wait()
-        if not waiting.cancelled_caught or self._port is None:
-            return
-        if await trio.to_thread.run_sync(abort_connections, self._port, peer):
+        if waiting.cancelled_caught and self.connections.reset(peer):
             self.reset += 1
             log.info("reset the connection of %s:%d, stuck in a send", *peer)
 
     def statistics(self) -> StuckSocketStatistics:
-        return StuckSocketStatistics(watched=self.watched, reset=self.reset)
+        return StuckSocketStatistics(
+            watched=self.watched, reset=self.reset, open_connections=len(self.connections)
+        )

@@ -30,14 +30,13 @@ from quart_trio import QuartTrio
 from .._bridge import Bridge
 from .._checks import one_exception
 from .._settings import Settings
-from .abort import abort_connections
 from .app import ProbeFastPath, app_state, create_app
 from .worker import worker_serve
 from .wsclose import install as install_ws_close
 
 log = logging.getLogger("bridge_actors.server")
 
-__all__ = ["BACKLOG", "abort_connections", "open_listening_socket", "serve"]
+__all__ = ["BACKLOG", "open_listening_socket", "serve"]
 
 BACKLOG = 2048
 # Shares of the shutdown grace: Hypercorn's own wait for open connections, then
@@ -142,6 +141,7 @@ class _Server:
                 shutdown_trigger=self.stop.wait,
                 header_timeout=self.bridge.settings.header_timeout,
                 body_timeout=self.bridge.settings.body_timeout,
+                connections=app_state(self.app).stuck.connections,
                 task_status=task_status,
             )
         finally:
@@ -158,7 +158,7 @@ class _Server:
                 with trio.move_on_at(self.abort_at):
                     await self.served.wait()
                 if not self.served.is_set():
-                    aborted = await trio.to_thread.run_sync(abort_connections, self.port)
+                    aborted = app_state(self.app).stuck.connections.reset_all()
                     log.warning("aborted %d connection(s) still open after the grace", aborted)
 
 
@@ -204,7 +204,7 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
-            await nursery.start(app_state(app).stuck.run, bound_port)
+            await nursery.start(app_state(app).stuck.run)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))

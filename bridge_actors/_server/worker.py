@@ -26,6 +26,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from .abort import OpenConnections
 from .connection import CompleteResponses, Connection, json_response_bytes
 
 log = logging.getLogger("bridge_actors.server")
@@ -113,10 +114,12 @@ async def worker_serve(
     shutdown_trigger: Callable[[], Awaitable[object]],
     header_timeout: float,
     body_timeout: float,
+    connections: OpenConnections,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``listeners`` (bound, listening, non-blocking) the way
-    ``hypercorn.trio.serve`` does, with the accept loop above."""
+    ``hypercorn.trio.serve`` does, with the accept loop above; every connection is
+    in ``connections`` while it is served."""
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(CompleteResponses(app), config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
@@ -128,7 +131,9 @@ async def worker_serve(
         async with trio.open_nursery() as server_nursery:
 
             async def handle(conn: socket.socket) -> None:
-                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                sock = trio.socket.from_stdlib_socket(conn)
+                stream = trio.SocketStream(sock)
+                peer = connections.add(sock)
                 try:
                     server = Connection(
                         wrapped,
@@ -141,6 +146,7 @@ async def worker_serve(
                     )
                     await server.run()
                 finally:
+                    connections.discard(peer, sock)
                     await trio.aclose_forcefully(stream)
 
             def start_connection(conn: socket.socket) -> None:
