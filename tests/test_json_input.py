@@ -7,6 +7,8 @@ import logging
 
 import pytest
 from conftest import next_json, open_ws
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge_actors import BadInput
 from bridge_actors._server.json_codec import MAX_JSON_DEPTH, decode_json, encode_json, json_depth
@@ -43,8 +45,8 @@ def test_decode_json_accepts_what_the_protocol_uses():
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        (nested(MAX_JSON_DEPTH + 1), f"nests arrays or objects 33 deep; at most {MAX_JSON_DEPTH}"),
-        ('{"a":' * 1000 + "1" + "}" * 1000, "nests arrays or objects 1000 deep"),
+        (nested(MAX_JSON_DEPTH + 1), f"nests arrays or objects more than {MAX_JSON_DEPTH} deep"),
+        ('{"a":' * 1000 + "1" + "}" * 1000, "nests arrays or objects more than 32 deep"),
         ('{"id": NaN}', "NaN is not a JSON number"),
         ('{"id": Infinity}', "Infinity is not a JSON number"),
         ('{"id": -Infinity}', "-Infinity is not a JSON number"),
@@ -75,7 +77,7 @@ async def test_deep_body_on_create_is_a_400_without_traceback(server, caplog):
     assert response.status_code == 400
     assert response.json() == {
         "success": False,
-        "detail": f"body: nests arrays or objects 1000 deep; at most {MAX_JSON_DEPTH} allowed",
+        "detail": f"body: nests arrays or objects more than {MAX_JSON_DEPTH} deep",
         "field": "body",
     }
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -88,7 +90,7 @@ async def test_deep_message_gets_an_error_reply_and_the_socket_stays(server, kin
             assert (await next_json(ws))["type"] == "screenshot"
         await ws.send_message(nested(5000))
         reply = await _next_error(ws)
-        assert "nests arrays or objects 5000 deep" in reply["message"]
+        assert "nests arrays or objects more than 32 deep" in reply["message"]
         # Still served: a good message gets its answer.
         good = {"control": '{"t":"tap","x":1,"y":1,"id":7}', "screenshot": '{"t":"refresh"}'}
         await ws.send_message(good.get(kind, '{"type":"clear"}'))
@@ -124,3 +126,38 @@ async def _next_not_log(ws) -> dict:
         message = await next_json(ws)
         if message["type"] != "log":
             return message
+
+
+def _depth_char_by_char(text: str) -> int:
+    """The reference: one character at a time, tracking strings and escapes."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+@given(st.text(alphabet='[]{}"\\ab,:', max_size=200))
+def test_the_depth_scan_agrees_with_a_character_by_character_reading(text):
+    assert json_depth(text) == _depth_char_by_char(text)
+
+
+def test_an_unterminated_string_full_of_escaped_quotes_is_scanned_once():
+    # Each quote inside used to restart the string search from scratch (quadratic).
+    text = '"' + '\\"' * 100_000
+    assert json_depth(text) == 0
+    with pytest.raises(BadInput, match="is not valid JSON"):
+        decode_json(text, "body")

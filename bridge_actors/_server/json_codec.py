@@ -24,21 +24,34 @@ __all__ = ["MAX_JSON_DEPTH", "decode_json", "encode_json", "json_depth"]
 MAX_JSON_DEPTH = 32
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+_SPECIAL = re.compile(r'[\[\]{}"]')
 
 
-def json_depth(text: str) -> int:
+def json_depth(text: str, *, stop_above: int | None = None) -> int:
     """How deeply arrays and objects nest in ``text``, brackets inside strings not counted.
 
     A scan, not a parse: it runs before ``json.loads`` so that a deep document is
-    refused before it can recurse. Unbalanced text gives some depth; the parse
-    that follows reports it as invalid.
+    refused before it can recurse. It visits each character once, whatever the
+    text (an unterminated string ends the scan: nothing after it can count), and
+    stops as soon as the depth passes ``stop_above``. Unbalanced text gives some
+    depth; the parse that follows reports it as invalid.
     """
     depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub("", text)):
-        if match.group() in "[{":
+    position = 0
+    while (special := _SPECIAL.search(text, position)) is not None:
+        char = special.group()
+        if char == '"':
+            string = _STRING.match(text, special.start())
+            if string is None:
+                break
+            position = string.end()
+            continue
+        position = special.end()
+        if char in "[{":
             depth += 1
             deepest = max(deepest, depth)
+            if stop_above is not None and deepest > stop_above:
+                break
         else:
             depth -= 1
     return deepest
@@ -67,9 +80,9 @@ def decode_json(raw: str | bytes, field: str, *, max_depth: int = MAX_JSON_DEPTH
             raw = raw.decode()
         except UnicodeDecodeError:
             raise BadInput(field, "is not UTF-8 text") from None
-    depth = json_depth(raw)
+    depth = json_depth(raw, stop_above=max_depth)
     if depth > max_depth:
-        raise BadInput(field, f"nests arrays or objects {depth} deep; at most {max_depth} allowed")
+        raise BadInput(field, f"nests arrays or objects more than {max_depth} deep")
     try:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as error:
