@@ -9,21 +9,17 @@ from bridge_actors._services.allocator import AllocatorTrimmer, TrimPolicy, glib
 MB = 1024 * 1024
 
 
-def test_a_trim_waits_for_enough_free_memory_and_resident_growth():
-    policy = TrimPolicy(threshold_mb=16)
-    assert not policy.should_trim(15 * MB, 200 * MB)  # too little free to bother
-    assert policy.should_trim(16 * MB, 200 * MB)
-    policy.trimmed(150 * MB)
-    # Trimmed pages still count as free: only renewed resident growth means more to give.
-    assert not policy.should_trim(40 * MB, 160 * MB)
-    assert policy.should_trim(40 * MB, 190 * MB)
+def test_a_trim_waits_for_enough_free_memory():
+    policy = TrimPolicy(threshold_mb=16, spacing=4)
+    assert not policy.should_trim(15 * MB, now=100)  # too little free to bother
+    assert policy.should_trim(16 * MB, now=100)
 
 
-def test_resident_memory_given_back_otherwise_lowers_the_mark():
-    policy = TrimPolicy(threshold_mb=16)
-    policy.trimmed(150 * MB)
-    assert not policy.should_trim(40 * MB, 120 * MB)
-    assert policy.should_trim(40 * MB, 140 * MB)
+def test_trims_are_spaced_out_while_the_heap_stays_fragmented():
+    policy = TrimPolicy(threshold_mb=16, spacing=4)
+    policy.trimmed(now=100)
+    assert not policy.should_trim(40 * MB, now=103)
+    assert policy.should_trim(40 * MB, now=104)
 
 
 class FakeAllocator:
@@ -48,7 +44,7 @@ async def test_the_trimmer_trims_once_per_crowd_that_left():
     trimmer = AllocatorTrimmer(interval=5, allocator=allocator, run_in_worker=lambda fn: _now(fn))
     allocator.free, allocator.resident = 40 * MB, 140 * MB
     assert await trimmer.check()
-    assert not await trimmer.check()  # nothing new since
+    assert not await trimmer.check()  # too soon after the last
     stats = trimmer.statistics()
     assert (stats.available, stats.checks, stats.trims, stats.returned_mb) == (True, 2, 1, 30.0)
 

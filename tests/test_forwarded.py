@@ -29,9 +29,12 @@ def test_a_trusted_proxy_vouches_for_the_address_to_its_left():
     assert client_address("::1", ["[2001:db8::1]:443"], None, PROXIES) == "2001:db8::1"
 
 
-def test_x_real_ip_counts_only_without_x_forwarded_for():
+def test_x_real_ip_is_the_proxys_word_over_a_forwarded_for_it_passed_through():
     assert client_address("127.0.0.1", [], "5.6.7.8", PROXIES) == "5.6.7.8"
-    assert client_address("127.0.0.1", ["1.2.3.4"], "5.6.7.8", PROXIES) == "1.2.3.4"
+    # A proxy that sets only X-Real-IP passes the client's own X-Forwarded-For along.
+    assert client_address("127.0.0.1", ["6.6.6.6"], "5.6.7.8", PROXIES) == "5.6.7.8"
+    # X-Real-IP naming another proxy of ours: the chain says who is behind it.
+    assert client_address("127.0.0.1", ["1.2.3.4, 10.0.0.2"], "10.0.0.2", PROXIES) == "1.2.3.4"
     assert client_address("127.0.0.1", [], "not an address", PROXIES) == "127.0.0.1"
 
 

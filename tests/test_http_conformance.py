@@ -183,3 +183,51 @@ async def test_websocket_data_before_the_handshake_is_answered_ends_only_that_co
         assert response.status_code == 200
         async with raw_websocket(server.port, f"/ws/{server.session_id}/control"):
             pass
+
+
+async def test_http2_with_prior_knowledge_is_answered_505_and_closed(tmp_path):
+    async with running_server(tmp_path) as server:
+        stream = await connect(server.port)
+        await stream.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = await read_to_eof(stream)
+        assert status_of(data) == 505
+
+
+async def test_an_h2c_upgrade_is_ignored_and_served_as_http_1_1(tmp_path):
+    async with running_server(tmp_path) as server:
+        stream = await connect(server.port)
+        await stream.send_all(
+            CONFIGURATIONS + b"Connection: Upgrade, HTTP2-Settings, close\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        )
+        data = await read_to_eof(stream)
+        assert status_of(data) == 200
+        assert b"device_types" in data
+
+
+async def test_a_second_request_under_way_gets_the_header_deadline_not_the_keep_alive_timer(
+    tmp_path,
+):
+    async with running_server(tmp_path, keep_alive_timeout=0.3, header_timeout=1.5) as server:
+        stream = await connect(server.port)
+        buffered = bytearray()
+        await stream.send_all(CONFIGURATIONS + b"\r\n")
+        head, _ = await read_response(stream, buffered)
+        assert status_of(head) == 200
+        await stream.send_all(b"GET /api/sessions/ HTTP/1.1\r\nHo")
+        # The keep-alive timer (0.3 s) must not cut a request that has begun.
+        data = await read_to_eof(stream)
+        assert status_of(data) == 408, data
+
+
+async def test_a_408_is_never_written_into_a_response_already_under_way(tmp_path):
+    async with running_server(tmp_path, body_timeout=0.5) as server:
+        stream = await connect(server.port, receive_buffer=4096)
+        # A body is announced and never sent, while the (large) answer cannot be read.
+        await stream.send_all(
+            b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n"
+        )
+        await trio.sleep(1.5)  # the client stalls past the body deadline, not reading
+        data = await read_to_eof(stream)
+        assert responses_in(data) == 1, data[:100]
+        assert status_of(data) == 200

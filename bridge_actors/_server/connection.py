@@ -30,6 +30,8 @@ Two things Hypercorn's trio ``TCPServer`` does not do for us on its own:
   ``header_timeout`` of its first byte, each part of a body within
   ``body_timeout``; an idle keep-alive connection is Hypercorn's own timer
   (``keep_alive_timeout``), and an upgraded WebSocket has no read deadline.
+  HTTP/2 is not spoken (:class:`HTTP11Protocol`): without TLS no browser uses
+  it, and Hypercorn's cleartext HTTP/2 would bypass every deadline here.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class Connection(TCPServer):
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with _AppTaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = ProtocolWrapper(
+                self.protocol = HTTP11Only(
                     self.app,
                     self.config,
                     self.context,
@@ -302,7 +304,7 @@ class Connection(TCPServer):
                 await self.protocol.initiate()
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
                 await self._read_data()
-        except OSError:
+        except (OSError, _HTTP2Refused):
             pass
         except Exception:
             # A client can drive Hypercorn's protocol code into errors of its own (say, WebSocket
@@ -330,22 +332,70 @@ class Connection(TCPServer):
             if timer.cancelled_caught:
                 await self._refuse_slow_request()
                 return
-            was_idle = self.read_deadline.phase is ReadPhase.IDLE
+            was_in_headers = self.read_deadline.phase is ReadPhase.HEADERS
             await self.protocol.handle(RawData(bytes(data)))
             if data == b"":
                 break
             protocol = self.protocol.protocol
             self.read_deadline.observe(read_phase(protocol), trio.current_time())
-            if was_idle and self.read_deadline.phase is ReadPhase.HEADERS:
+            if not was_in_headers and self.read_deadline.phase is ReadPhase.HEADERS:
                 # A request has begun: from here the header deadline governs, not keep-alive.
                 await self.idle_task.stop()
         await self.protocol.handle(Closed())
 
     async def _refuse_slow_request(self) -> None:
+        """Answer 408 if no response has begun (else just close), and close, all under
+        the send lock: no byte of the app's may follow ours onto the wire."""
         detail = self.read_deadline.timeout_detail()
         await self.protocol.handle(Closed())  # the app, if it has the request, gives up on it
         response = json_response_bytes(408, {"success": False, "detail": detail})
         with trio.move_on_after(1):
             async with self.send_lock:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(response)
+                if _no_response_begun(self.protocol.protocol):
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self.stream.send_all(response)
+                await self.stream.aclose()
+
+
+def _no_response_begun(protocol: Any) -> bool:
+    return isinstance(protocol, H11Protocol) and (
+        isinstance(protocol.connection, h11.Connection)
+        and protocol.connection.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+    )
+
+
+class _HTTP2Refused(Exception):
+    """The client spoke HTTP/2 with prior knowledge; it was answered 505."""
+
+
+class HTTP11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol that never turns into HTTP/2.
+
+    Browsers speak HTTP/2 only over TLS, which this server does not terminate,
+    and Hypercorn's cleartext HTTP/2 has none of the read deadlines above. An
+    ``Upgrade: h2c`` is ignored (RFC 9110 lets a server serve the request as it
+    came); the HTTP/2 connection preface (``PRI * HTTP/2.0``) is answered 505.
+    """
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*":
+            await self._send_error_response(505)
+            raise _HTTP2Refused()
+
+
+class HTTP11Only(ProtocolWrapper):
+    """Hypercorn's protocol wrapper, always on :class:`HTTP11Protocol`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.protocol = HTTP11Protocol(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.state,
+            self.ssl,
+            self.client,
+            self.server,
+            self.send,
+        )

@@ -60,10 +60,16 @@ def client_address(
         return "unknown"
     if not _trusted(_address(peer), trusted):
         return peer
+    # X-Real-IP is the proxy's own word (it sets the header, replacing any a client
+    # sent), while a proxy that only sets X-Real-IP passes a client's X-Forwarded-For
+    # through untouched: believe X-Real-IP first, and walk the chain only when it
+    # names another trusted proxy.
+    vouched = _address(real_ip) if real_ip else None
+    if vouched is not None and not _trusted(vouched, trusted):
+        return str(vouched)
     hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
     if not hops:
-        candidate = _address(real_ip) if real_ip else None
-        return str(candidate) if candidate is not None else peer
+        return str(vouched) if vouched is not None else peer
     client = peer
     for hop in reversed(hops):
         address = _address(hop)

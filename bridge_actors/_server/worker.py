@@ -36,6 +36,10 @@ Probe = Callable[[], tuple[dict[str, Any], int]]
 _IGNORABLE_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _PEEK_BYTES = 2048
+# Connections taken off the accept queue per scheduling round: enough to drain a
+# burst in a few rounds, few enough that a flood of probes cannot starve the
+# requests already being served.
+ACCEPT_BATCH = 256
 
 
 def probe_request(data: bytes, probes: dict[str, Probe]) -> tuple[str, str, int] | None:
@@ -86,8 +90,8 @@ async def _accept_loop(
     probes: dict[str, Probe],
 ) -> None:
     while True:
-        await trio.lowlevel.wait_readable(listener)
-        while True:
+        await trio.lowlevel.wait_readable(listener)  # a scheduling round between batches
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = listener.accept()
             except BlockingIOError:

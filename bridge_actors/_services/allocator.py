@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,30 +83,28 @@ def glibc_allocator() -> GlibcAllocator | None:
 
 @dataclass(slots=True)
 class TrimPolicy:
-    """Trim when the heap holds ``threshold_mb`` freed and resident memory has grown that
-    much since the last trim.
+    """Trim when the heap holds at least ``threshold_mb`` freed, at most every ``spacing`` s.
 
-    A trim walks the heap and hands pages back that the next allocations fault in
-    again, so a little free memory is cheaper kept. Trimmed pages still count as free
-    in the heap's books, so free memory alone cannot say whether there is anything
-    left to give back: resident memory that grew again since the last trim can.
+    A trim walks the heap and hands free pages back, which the next allocations
+    fault in again: a little free memory is cheaper kept, and a heap that stays
+    fragmented is walked only now and then (a few milliseconds, in a worker thread).
+    Free memory is the only signal the heap gives: trimmed pages still count as
+    free in its books, and resident memory also moves for memory in use.
     """
 
     threshold_mb: float = 16.0
-    resident_after_last_trim: int = 0
+    spacing: float = 4.0
+    last_trim: float = -math.inf
 
     def __post_init__(self) -> None:
         require_positive("threshold_mb", self.threshold_mb)
+        require_positive("spacing", self.spacing)
 
-    def should_trim(self, free_bytes: int, resident_bytes: int) -> bool:
-        threshold = self.threshold_mb * _MB
-        if resident_bytes < self.resident_after_last_trim:
-            self.resident_after_last_trim = resident_bytes  # given back some other way
-        grown = resident_bytes - self.resident_after_last_trim
-        return free_bytes >= threshold and grown >= threshold
+    def should_trim(self, free_bytes: int, now: float) -> bool:
+        return free_bytes >= self.threshold_mb * _MB and now - self.last_trim >= self.spacing
 
-    def trimmed(self, resident_bytes: int) -> None:
-        self.resident_after_last_trim = resident_bytes
+    def trimmed(self, now: float) -> None:
+        self.last_trim = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,25 +138,24 @@ class AllocatorTrimmer:
         self._last_free: int | None = None
 
     async def check(self) -> bool:
-        """Sample once, trimming if worth it; returns whether it trimmed."""
-        if self._allocator is None:
-            await trio.lowlevel.checkpoint()
-            return False
-        # In a worker thread: /proc is read, and the heap walk takes milliseconds
-        # (ctypes lets go of the GIL meanwhile).
-        return await self._run_in_worker(self._check_and_trim)
+        """Sample once, trimming if worth it; returns whether it trimmed.
 
-    def _check_and_trim(self) -> bool:
-        assert self._allocator is not None
+        The sample is two cheap reads, taken on the loop; only the trim, a walk of
+        the heap that takes milliseconds, goes to a worker thread (ctypes lets go
+        of the GIL meanwhile).
+        """
+        await trio.lowlevel.checkpoint()
+        if self._allocator is None:
+            return False
         self._checks += 1
         free = self._allocator.free_bytes()
         self._last_free = free
-        before = self._allocator.resident_bytes()
-        if not self.policy.should_trim(free, before):
+        if not self.policy.should_trim(free, trio.current_time()):
             return False
-        self._allocator.trim()
+        before = self._allocator.resident_bytes()
+        await self._run_in_worker(self._allocator.trim)
         after = self._allocator.resident_bytes()
-        self.policy.trimmed(after)
+        self.policy.trimmed(trio.current_time())
         self._trims += 1
         self._returned += max(0, before - after)
         log.debug("returned %.1f MB of freed heap to the system", (before - after) / _MB)

@@ -47,7 +47,7 @@ def hold_state_dir(state_dir: Path) -> Iterator[Path]:
     path = state_dir / LOCK_FILENAME
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise BridgeError(
             f"state directory {state_dir} cannot be used: {exc.strerror or exc}"
