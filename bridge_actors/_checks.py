@@ -1,8 +1,11 @@
-"""Argument checks shared by the actors' constructors, and exception-group helpers."""
+"""Argument checks shared by the actors' constructors and the settings, and exception-group
+helpers."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from collections.abc import Iterable
 
 import trio
 
@@ -65,3 +68,17 @@ def one_exception(group: BaseExceptionGroup, what: str) -> BaseException:
     )
     error.__cause__ = group
     return error
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks; raises ValueError naming the first bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value.strip()!r} is not an IP address or network") from None
+    return tuple(networks)

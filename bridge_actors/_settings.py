@@ -29,8 +29,8 @@ import annotated_types
 import pydantic
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ._checks import parse_networks
 from ._errors import InvalidSettings
-from ._server.forwarded import parse_networks
 
 __all__ = ["BACKENDS", "ENV_NAMES", "PROFILES", "Settings", "load_settings"]
 

@@ -11,22 +11,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+
+from .._checks import Network, parse_networks
 
 __all__ = ["Network", "client_address", "connection_client", "parse_networks"]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses or CIDR networks; raises ValueError naming the first bad one."""
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{value.strip()!r} is not an IP address or network") from None
-    return tuple(networks)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
