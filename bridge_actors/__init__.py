@@ -10,7 +10,7 @@ nursery::
                 ...
 """
 
-from ._bridge import Bridge, BridgeStatistics, Kpis, open_bridge
+from ._bridge import Bridge, BridgeStatistics, Kpis
 from ._device import (
     BINARY_HEADER_SIZE,
     Button,
@@ -44,6 +44,7 @@ from ._errors import (
     StateDirInUse,
     ViewerEvicted,
 )
+from ._open import open_bridge
 from ._server.serve import serve
 from ._settings import PROFILES, Settings, load_settings
 

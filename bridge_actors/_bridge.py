@@ -1,4 +1,5 @@
-"""``open_bridge``: every actor of the bridge inside one nursery, and the handle to them."""
+"""The composition root: every actor of the bridge inside one nursery, over the backends
+it is given, and the handle to them. ``_open.open_bridge`` chooses the backends."""
 
 from __future__ import annotations
 
@@ -37,9 +38,8 @@ from ._services.sessions import (
     SessionRegistry,
     session_record_problem,
 )
-from ._services.statelock import hold_state_dir
 from ._services.warden import MemorySample, MemoryWarden, WardenStatistics
-from ._settings import Settings, load_settings
+from ._settings import Settings
 
 log = logging.getLogger("bridge_actors")
 
@@ -111,11 +111,19 @@ class Bridge:
         self.trimmer = AllocatorTrimmer(allocator=glibc_allocator())
         self.store = SessionStore(settings.state_dir, check=session_record_problem)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
-        self.client_connections = 0
-        self.client_disconnections = 0
         self.started = False
         self.draining = False
         self.final_statistics: dict[str, Any] | None = None
+
+    # The limiter owns the count of connections (it admits and releases every one);
+    # these read it, so the figures cannot drift apart.
+    @property
+    def client_connections(self) -> int:
+        return self.limiter.admitted
+
+    @property
+    def client_disconnections(self) -> int:
+        return self.limiter.released
 
     async def _session_ended(self, session: Session) -> None:
         done = self.pool.stop_device(session.device.udid, "session deleted")
@@ -177,13 +185,11 @@ class Bridge:
         admission = self.limiter.admit(session_id, client_ip, kind)
         try:
             connection = session.open_connection(kind, client_ip)
-            self.client_connections += 1
             try:
                 with connection.lifeline.held():
                     yield connection
             finally:
                 session.close_connection(connection)
-                self.client_disconnections += 1
         finally:
             self.limiter.release(admission)
 
@@ -304,39 +310,19 @@ class Bridge:
 
 
 @asynccontextmanager
-async def open_bridge(
-    settings: Settings | None = None,
-    *,
-    backends: Mapping[str, DeviceBackend] | None = None,
+async def run_bridge(
+    settings: Settings,
+    backends: Mapping[str, DeviceBackend],
     memory_probe: Callable[[], MemorySample] | None = None,
 ) -> AsyncIterator[Bridge]:
-    """Run the bridge's actors for the duration of the block.
+    """Run the bridge's actors over the given backends for the duration of the block.
 
     Works inside a caller's own nursery. A cancellation from outside comes out
     as that cancellation, so the caller's ``move_on_after`` or nursery just ends.
     A failure comes out as one plain exception, never an exception group: a
     single error is re-raised as it is; several are wrapped in one BridgeError
-    naming them.
+    naming them. The caller holds the state directory (``hold_state_dir``).
     """
-    settings = settings if settings is not None else load_settings()
-    # Held first and for the bridge's whole life: restoring or saving sessions while
-    # another server uses the same directory would overwrite its sessions.
-    with hold_state_dir(settings.state_dir):
-        async with _run_bridge(settings, backends, memory_probe) as bridge:
-            yield bridge
-
-
-@asynccontextmanager
-async def _run_bridge(
-    settings: Settings,
-    backends: Mapping[str, DeviceBackend] | None,
-    memory_probe: Callable[[], MemorySample] | None,
-) -> AsyncIterator[Bridge]:
-    encode_limiter = trio.CapacityLimiter(settings.encode_threads)
-    if backends is None:
-        from ._backends import make_backends
-
-        backends = make_backends(settings, encode_limiter)
     for backend in backends.values():
         await backend.check()
     bridge = Bridge(settings, dict(backends), memory_probe)
@@ -363,4 +349,4 @@ async def _run_bridge(
         raise error from error.__cause__  # its own cause, not the group around it
 
 
-__all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "open_bridge"]
+__all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "run_bridge"]

@@ -9,7 +9,9 @@ from collections.abc import Iterable
 
 import trio
 
-from ._errors import BridgeError, InvalidSettings
+from ._errors import BadInput, BridgeError, InvalidSettings
+
+MAX_FPS = 120  # the highest capture rate a setting or a backend accepts
 
 
 def require_int(name: str, value: int, minimum: int) -> None:
@@ -35,6 +37,19 @@ def require_positive(name: str, value: float) -> None:
 
 def require_non_negative(name: str, value: float) -> None:
     _require_number(name, value, allow_zero=True)
+
+
+def fps_problem(fps: object) -> str | None:
+    """What is wrong with a capture rate, or None if it is one (an integer, 1 to MAX_FPS)."""
+    if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
+        return f"must be an integer from 1 to {MAX_FPS}, not {fps!r}"
+    return None
+
+
+def require_fps(fps: object) -> None:
+    """Raise BadInput unless ``fps`` is a capture rate a backend accepts."""
+    if (problem := fps_problem(fps)) is not None:
+        raise BadInput("fps", problem)
 
 
 def exception_leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -26,9 +26,9 @@ from typing import Any
 import trio
 
 from . import __version__
-from ._bridge import open_bridge
 from ._errors import BridgeError, InvalidSettings
 from ._logconfig import announce, configure_logging
+from ._open import open_bridge
 from ._server.serve import open_listening_socket, serve
 from ._settings import ENV_NAMES, Settings, load_settings
 

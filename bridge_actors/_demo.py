@@ -13,8 +13,8 @@ from pathlib import Path
 
 import trio
 
-from ._bridge import open_bridge
 from ._errors import BridgeError
+from ._open import open_bridge
 from ._settings import Settings, load_settings
 
 

@@ -29,7 +29,7 @@ import annotated_types
 import pydantic
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from ._checks import parse_networks
+from ._checks import MAX_FPS, parse_networks
 from ._errors import InvalidSettings
 
 __all__ = ["BACKENDS", "ENV_NAMES", "PROFILES", "Settings", "load_settings"]
@@ -161,7 +161,7 @@ class Settings(pydantic.BaseModel):
     viewer_slot_size: int = pydantic.Field(
         2, ge=1, le=2, description="frames waiting per viewer before the oldest is dropped"
     )
-    fps: int = pydantic.Field(30, ge=1, le=120, description="capture frames per second")
+    fps: int = pydantic.Field(30, ge=1, le=MAX_FPS, description="capture frames per second")
     jpeg_quality: int = pydantic.Field(80, ge=1, le=100, description="JPEG quality of frames")
     encode_threads: int = pydantic.Field(
         2, ge=1, le=64, description="worker threads rendering and encoding frames"

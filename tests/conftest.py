@@ -24,7 +24,6 @@ import trio_websocket
 from fakes import FakeTools, gone, helpers_gone
 
 from bridge_actors import Bridge, Settings, open_bridge, serve
-from bridge_actors._backends import processes as _subprocess
 
 # Generous limits, so a test meets only the limit it is about.
 TEST_DEFAULTS: dict[str, Any] = {
@@ -74,6 +73,9 @@ async def running_server(state_dir: Path, **settings: Any) -> AsyncIterator[Runn
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
             yield RunningServer(bridge, host, port, http)
         nursery.cancel_scope.cancel()
+    for backend in bridge.backends.values():
+        census = getattr(backend, "census", None)  # the backends that run helper tools
+        assert census is None or census.running_pids() == frozenset(), "a child was never reaped"
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def temp_root(tmp_path, monkeypatch):
 def tools(tmp_path, temp_root):
     fake = FakeTools(tmp_path / "tools")
     yield fake
-    assert _subprocess.running_pids() == frozenset(), "a child process was never reaped"
+    assert fake.census.running_pids() == frozenset(), "a child process was never reaped"
     assert all(gone(pid) for pid in fake.pids()), "a fake tool is still running"
     assert helpers_gone(fake), "a helper of a fake tool is still running"
     assert list(temp_root.iterdir()) == [], "a temporary file survived"

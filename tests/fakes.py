@@ -19,7 +19,8 @@ import psutil
 import trio
 from PIL import Image
 
-from bridge_actors import DeviceInfo, FrameSink, Settings
+from bridge_actors import DeviceBackend, DeviceInfo, FrameSink, Settings
+from bridge_actors._backends.processes import ProcessCensus
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 
 
@@ -317,6 +318,8 @@ class FakeTools:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        # The children of the tools run here: every backend and command of a test shares it.
+        self.census = ProcessCensus()
         directory.mkdir()
         script = FAKE_TOOL.replace("{python}", sys.executable)
         for tool in ("xcrun", "idb"):
@@ -401,3 +404,38 @@ def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+class RecordingSink:
+    """A FrameSink that keeps what it is given, with the trio time of each publish."""
+
+    def __init__(self, input_seq: int = 0) -> None:
+        self.input_seq = input_seq
+        self.frames: list[tuple[float, bytes, dict]] = []
+        self._changed = trio.Event()
+
+    @property
+    def applied_input_seq(self) -> int:
+        return self.input_seq
+
+    async def wait_for_viewers(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def publish(self, jpeg: bytes, **kwargs) -> None:
+        self.frames.append((trio.current_time(), jpeg, kwargs))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.frames) < count:
+            await self._changed.wait()
+
+
+async def capture_until(
+    backend: DeviceBackend, device: DeviceInfo, sink: RecordingSink, count: int, fps: int = 30
+) -> None:
+    """Run a capture until ``count`` frames are published, then cancel it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+        await sink.wait_for(count)
+        nursery.cancel_scope.cancel()

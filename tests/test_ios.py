@@ -11,14 +11,13 @@ from __future__ import annotations
 import pytest
 import trio
 from fakes import (
-    DEVICE_TYPES,
     IOS_17,
     IPAD,
     IPHONE,
-    RUNTIMES,
-    SCREEN,
     USER_UDID,
     FakeTools,
+    RecordingSink,
+    capture_until,
     gone,
     helpers_gone,
 )
@@ -36,22 +35,26 @@ from bridge_actors import (
 )
 from bridge_actors._backends import processes as _subprocess
 from bridge_actors._backends.ios import (
-    Catalog,
     IosBackend,
-    LineSplitter,
     control_argv,
     is_ours,
-    parse_device_types,
-    parse_log_line,
-    parse_runtimes,
-    parse_screen,
-    parse_simulators,
 )
-from bridge_actors._backends.processes import CommandTimeout, open_child, run_command
+from bridge_actors._backends.processes import (
+    CommandTimeout,
+    ProcessCensus,
+    open_child,
+    run_command,
+)
 
 
 def ios(tools: FakeTools, **kwargs) -> IosBackend:
-    options = {"command_timeout": 3.0, "kill_grace": 0.3, "xcrun": tools.xcrun, "idb": tools.idb}
+    options = {
+        "command_timeout": 3.0,
+        "kill_grace": 0.3,
+        "xcrun": tools.xcrun,
+        "idb": tools.idb,
+        "census": tools.census,
+    }
     options.update(kwargs)
     return IosBackend(encode_limiter=trio.CapacityLimiter(1), **options)
 
@@ -63,76 +66,7 @@ def our_device(tools: FakeTools, state: str = "Booted") -> DeviceInfo:
     return DeviceInfo(udid, name, "iPhone 15", "17.2", 393, 852, 1179, 2556, "ios")
 
 
-class RecordingSink:
-    def __init__(self, input_seq: int = 0) -> None:
-        self.input_seq = input_seq
-        self.frames: list[tuple[bytes, dict]] = []
-        self._changed = trio.Event()
-
-    @property
-    def applied_input_seq(self) -> int:
-        return self.input_seq
-
-    async def wait_for_viewers(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    def publish(self, jpeg: bytes, **kwargs) -> None:
-        self.frames.append((jpeg, kwargs))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, count: int) -> None:
-        while len(self.frames) < count:
-            await self._changed.wait()
-
-
-async def capture_until(backend: IosBackend, device, sink: RecordingSink, count: int, fps=30):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
-        await sink.wait_for(count)
-        nursery.cancel_scope.cancel()
-
-
-# --- what the tools say, parsed (pure) ---------------------------------------------------------
-
-
-def test_catalog_offers_iphones_and_ipads_on_available_ios_runtimes():
-    catalog = Catalog(parse_device_types(DEVICE_TYPES), parse_runtimes(RUNTIMES))
-    configurations = catalog.configurations()
-    assert configurations.device_types == ("iPhone 15", "iPad Air (5th generation)")
-    assert configurations.ios_versions == ("17.2", "16.4")
-    assert catalog.device_type(IPHONE).name == "iPhone 15"
-    assert catalog.runtime("iOS 17.2") is catalog.runtime("17.2") is catalog.runtime(IOS_17)
-    assert catalog.device_type("Apple Watch Series 9 (45mm)") is None
-    assert catalog.runtime("15.0") is None
-    assert catalog.runtime_version("com.apple.CoreSimulator.SimRuntime.iOS-18-1") == "18.1"
-
-
-def test_simulators_and_screen_sizes_are_read_from_json():
-    data = {"devices": {IOS_17: [{"udid": "U", "name": "n", "state": "Booted"}, "junk"]}}
-    [simulator] = parse_simulators(data)
-    assert (simulator.udid, simulator.state, simulator.runtime) == ("U", "Booted", IOS_17)
-    with pytest.raises(ValueError):
-        parse_simulators({"nope": 1})
-    screen = parse_screen({"screen_dimensions": SCREEN})
-    assert (screen.pixel_width, screen.point_height) == (1179, 852)
-    assert parse_screen({"screen_dimensions": {"width": 0}}) is None
-    assert parse_screen([]) is None
-
-
-@pytest.mark.parametrize(
-    ("name", "ours"),
-    [
-        ("bridge-iPhone 15-0a1b2c3d", True),
-        ("bridge-iPad Air (5th generation)-ffffffff", True),
-        ("iPhone 15", False),
-        ("bridge-mine", False),
-        ("my bridge-iPhone 15-0a1b2c3d", False),
-        ("bridge-iPhone 15-0A1B2C3D", False),
-    ],
-)
-def test_only_names_this_bridge_gives_are_ours(name, ours):
-    assert is_ours(name) is ours
+# --- controls, as idb commands (pure) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -167,71 +101,35 @@ def test_unknown_keys_are_refused_by_name():
     assert error.value.field == "key"
 
 
-def test_compact_log_lines_are_parsed():
-    line = parse_log_line("2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] Icon saved")
-    assert (line.timestamp, line.process, line.pid, line.level) == (
-        "2024-01-15 10:23:45.123",
-        "SpringBoard",
-        "62",
-        "info",
-    )
-    assert line.message == "Icon saved"
-    assert line.raw_line == "2024-01-15 10:23:45.123 Df SpringBoard[62:1a2b] Icon saved"
-    levels = {
-        kind: parse_log_line(f"2024-01-15 10:23:45.123 {kind} p[1:2] m").level
-        for kind in ("Df", "I ", "Db", "E ", "F ", "A ")
-    }
-    assert levels == {
-        "Df": "info",
-        "I ": "info",
-        "Db": "debug",
-        "E ": "error",
-        "F ": "error",
-        "A ": "info",
-    }
-    spaced = parse_log_line("2024-01-15 10:23:45.123456-0800 E  Google Chrome Helper[9:a] x")
-    assert (spaced.process, spaced.pid, spaced.message) == ("Google Chrome Helper", "9", "x")
-    assert parse_log_line("Timestamp               Ty Process[PID:TID]") is None
-    assert parse_log_line("   ") is None
-    loose = parse_log_line("    continued")
-    assert (loose.message, loose.process, loose.level) == ("    continued", "", "info")
-
-
-def test_lines_are_split_across_reads_and_kept_bounded():
-    splitter = LineSplitter(max_line=10)
-    assert splitter.feed(b"one\r\ntw") == ["one"]
-    assert splitter.feed(b"o\nthr\xe2\x82") == ["two"]
-    assert splitter.feed(b"\xac\n") == ["thr\u20ac"]
-    assert splitter.feed(b"x" * 25) == ["x" * 10]
-    assert splitter.feed(b"yyy\nlast\n") == ["last"]
-    assert splitter.feed(b"\xff\n") == ["\ufffd"]
-
-
 # --- subprocess supervision --------------------------------------------------------------------
 
 
 async def test_a_command_that_hangs_is_killed_and_reaped(tools):
     tools.behave(ui="hang", ignore_term=True, helper=True)
     with trio.fail_after(5), pytest.raises(CommandTimeout, match="idb ui tap"):
-        await run_command([tools.idb, "ui", "tap", "1", "2"], timeout=1.0, grace=0.2)
+        await run_command(
+            [tools.idb, "ui", "tap", "1", "2"], timeout=1.0, census=tools.census, grace=0.2
+        )
     # It hung ignoring SIGTERM, with a helper of its own; both were killed.
     assert tools.pids("hung.log") and tools.pids("helpers.log")
     assert all(gone(pid) for pid in tools.pids())
     assert helpers_gone(tools)
-    assert _subprocess.statistics().killed >= 1
+    assert tools.census.statistics().killed >= 1
 
 
 async def test_an_exception_from_the_body_of_open_child_comes_out_unwrapped(tools):
     tools.behave(logs="hang")
     with trio.fail_after(5), pytest.raises(KeyError):
-        async with open_child([tools.xcrun, "simctl", "spawn", "U", "log"], grace=0.2) as child:
+        async with open_child(
+            [tools.xcrun, "simctl", "spawn", "U", "log"], census=tools.census, grace=0.2
+        ) as child:
             await child.stdout.receive_some(10)
             raise KeyError("boom")
 
 
 async def test_a_missing_program_is_named():
     with pytest.raises(_subprocess.ToolNotFound, match="'no-such-tool-here' not found on PATH"):
-        await run_command(["no-such-tool-here"], timeout=1)
+        await run_command(["no-such-tool-here"], timeout=1, census=ProcessCensus())
 
 
 # --- start-up check ----------------------------------------------------------------------------
@@ -450,8 +348,8 @@ async def test_capture_publishes_the_mjpeg_stream_frame_by_frame(tools):
     sink = RecordingSink(input_seq=4)
     with trio.fail_after(10):
         await capture_until(backend, device, sink, 3, fps=30)
-    assert [jpeg for jpeg, _ in sink.frames] == tools.frames
-    assert [info for _, info in sink.frames] == [
+    assert [jpeg for _, jpeg, _ in sink.frames] == tools.frames
+    assert [info for _, _, info in sink.frames] == [
         {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
         {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
         {"pixel_width": 30, "pixel_height": 40, "input_seq": 4},
@@ -490,8 +388,8 @@ async def test_capture_falls_back_to_screenshots(tools, why):
     sink = RecordingSink(input_seq=9)
     with trio.fail_after(10):
         await capture_until(backend, device, sink, 3)
-    assert [jpeg for jpeg, _ in sink.frames] == [tools.shot] * 3
-    assert sink.frames[0][1] == {"pixel_width": 50, "pixel_height": 20, "input_seq": 9}
+    assert [jpeg for _, jpeg, _ in sink.frames] == [tools.shot] * 3
+    assert sink.frames[0][2] == {"pixel_width": 50, "pixel_height": 20, "input_seq": 9}
     assert backend.statistics().stream_fallbacks == 1
     shots = [call for call in tools.calls("xcrun") if call[1] == "io"]
     assert shots[0][:5] == ["simctl", "io", device.udid, "screenshot", "--type=jpeg"]
@@ -522,7 +420,7 @@ async def test_cancelling_a_streaming_capture_stops_idb(tools):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: backend.capture(our_device(tools), sink, fps=30))
             pid = await tools.wait_for_hung_process()
-            assert _subprocess.running_pids() == {pid}
+            assert backend.census.running_pids() == {pid}
             nursery.cancel_scope.cancel()
     assert gone(pid)
 

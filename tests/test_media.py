@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 import trio
+from fakes import RecordingSink, capture_until
 
 from bridge_actors import BadInput, DeviceBackend, DeviceError, InvalidSettings, Tap
 from bridge_actors._backends.jpeg import decode_jpeg
@@ -50,31 +51,6 @@ def frame_index(jpeg: bytes) -> int:
     return index
 
 
-class RecordingSink:
-    """A FrameSink that keeps what it is given, with the trio time of each publish."""
-
-    def __init__(self, input_seq: int = 0) -> None:
-        self.input_seq = input_seq
-        self.frames: list[tuple[float, bytes, dict]] = []
-        self._changed = trio.Event()
-
-    @property
-    def applied_input_seq(self) -> int:
-        return self.input_seq
-
-    async def wait_for_viewers(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    def publish(self, jpeg: bytes, **kwargs) -> None:
-        self.frames.append((trio.current_time(), jpeg, kwargs))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, count: int) -> None:
-        while len(self.frames) < count:
-            await self._changed.wait()
-
-
 def backend(sources, *, inline: bool = True, **kwargs) -> MediaBackend:
     """``inline`` runs decoding and encoding on the event loop, so that MockClock time is
     exact: the autojump clock counts a task waiting for a worker thread as idle."""
@@ -84,14 +60,6 @@ def backend(sources, *, inline: bool = True, **kwargs) -> MediaBackend:
         run_in_worker=run_on_event_loop if inline else trio.to_thread.run_sync,
         **kwargs,
     )
-
-
-async def capture_until(media: MediaBackend, device, sink: RecordingSink, count: int, fps=30):
-    """Run a capture until ``count`` frames are published, then cancel it."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: media.capture(device, sink, fps=fps))
-        await sink.wait_for(count)
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import trio
 from .._device import DeviceBackend
 from .._settings import Settings
 
+DEVICE_NAME_PREFIX = "bridge-"  # every backend names the devices it makes with it
+
 
 def make_backends(
     settings: Settings, encode_limiter: trio.CapacityLimiter

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-import secrets
 import shutil
 import tempfile
 import uuid
@@ -37,6 +35,7 @@ from typing import Any
 
 import trio
 
+from .._checks import fps_problem, require_fps
 from .._device import (
     Button,
     Configurations,
@@ -59,25 +58,37 @@ from .processes import (
     CommandFailed,
     CommandResult,
     CommandTimeout,
+    ProcessCensus,
     SubprocessStatistics,
     ToolNotFound,
     open_child,
     run_command,
+)
+from .simctl import (
+    FALLBACK_SCREENS,
+    Catalog,
+    LineSplitter,
+    ScreenSize,
+    Simulator,
+    family_of,
+    is_ours,
+    new_device_name,
+    parse_device_types,
+    parse_log_line,
+    parse_runtimes,
+    parse_screen,
+    parse_simulators,
 )
 from .sourcestats import SourceMeter, SourceStatistics
 
 log = logging.getLogger("bridge_actors.ios")
 
 BACKEND_NAME = "ios"
-DEVICE_NAME_PREFIX = "bridge-"
-MAX_FPS = 120
 CREATE_BUDGET = 9.0  # seconds: POST /api/sessions/create must answer within 10
 DESCRIBE_RESERVE = 1.5  # of the create budget (at most a quarter), kept for idb describe
 CATALOG_TTL = 60.0  # device types and runtimes change only when Xcode does
 DEVICE_LIST_TTL = 1.0  # many sessions asking "is it up?" at once share one simctl call
 _READ_SIZE = 65536
-
-_OUR_NAME = re.compile(re.escape(DEVICE_NAME_PREFIX) + r"(?P<device_type>.+)-[0-9a-f]{8}")
 
 BUTTON_NAMES: Mapping[str, str] = {
     "home": "HOME",
@@ -86,183 +97,6 @@ BUTTON_NAMES: Mapping[str, str] = {
     "side-button": "SIDE_BUTTON",
     "apple-pay": "APPLE_PAY",
 }
-
-
-# --- what simctl and idb say, parsed (pure) ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceType:
-    name: str
-    identifier: str
-    family: str  # "iPhone", "iPad", ...
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    name: str  # "iOS 17.2"
-    version: str  # "17.2"
-    identifier: str
-    supported_device_types: frozenset[str] | None  # None when simctl does not say
-
-
-@dataclass(frozen=True, slots=True)
-class Simulator:
-    udid: str
-    name: str
-    state: str  # "Shutdown", "Booting", "Booted", "Shutting Down"
-    runtime: str
-    device_type: str  # identifier; "" from simctl versions that do not list it
-
-
-@dataclass(frozen=True, slots=True)
-class ScreenSize:
-    pixel_width: int
-    pixel_height: int
-    point_width: int
-    point_height: int
-
-
-# Used when idb cannot describe a device yet (still booting): the common sizes of each family.
-FALLBACK_SCREENS: Mapping[str, ScreenSize] = {
-    "iPad": ScreenSize(1640, 2360, 820, 1180),
-    "iPhone": ScreenSize(1179, 2556, 393, 852),
-}
-
-
-def _family(name: str, declared: Any) -> str:
-    if isinstance(declared, str) and declared:
-        return declared
-    return "iPad" if name.startswith("iPad") else "iPhone" if name.startswith("iPhone") else ""
-
-
-def parse_device_types(data: Any) -> tuple[DeviceType, ...]:
-    """iPhones and iPads from ``simctl list devicetypes -j`` (watches and TVs have no touch UI)."""
-    found = []
-    for entry in _list_of_dicts(data, "devicetypes"):
-        name, identifier = entry.get("name"), entry.get("identifier")
-        if not isinstance(name, str) or not isinstance(identifier, str):
-            continue
-        family = _family(name, entry.get("productFamily"))
-        if family in ("iPhone", "iPad"):
-            found.append(DeviceType(name, identifier, family))
-    return tuple(found)
-
-
-def parse_runtimes(data: Any) -> tuple[Runtime, ...]:
-    """Available iOS runtimes from ``simctl list runtimes -j``."""
-    found = []
-    for entry in _list_of_dicts(data, "runtimes"):
-        name, identifier = entry.get("name"), entry.get("identifier")
-        if not isinstance(name, str) or not isinstance(identifier, str):
-            continue
-        if entry.get("isAvailable", True) is False:
-            continue
-        if entry.get("platform", "iOS") != "iOS" or not name.startswith("iOS "):
-            continue
-        version = entry.get("version")
-        if not isinstance(version, str) or not version:
-            version = name.removeprefix("iOS ")
-        supported = entry.get("supportedDeviceTypes")
-        identifiers = (
-            frozenset(
-                t["identifier"] for t in supported if isinstance(t, dict) and "identifier" in t
-            )
-            if isinstance(supported, list)
-            else None
-        )
-        found.append(Runtime(name, version, identifier, identifiers))
-    return tuple(found)
-
-
-def parse_simulators(data: Any) -> tuple[Simulator, ...]:
-    """Every simulator from ``simctl list devices -j``."""
-    devices = data.get("devices") if isinstance(data, dict) else None
-    if not isinstance(devices, dict):
-        raise ValueError("no 'devices' object")
-    found = []
-    for runtime, entries in devices.items():
-        if not isinstance(entries, list):
-            continue
-        for entry in entries:
-            if not isinstance(entry, dict):
-                continue
-            udid, name, state = entry.get("udid"), entry.get("name"), entry.get("state")
-            if not all(isinstance(value, str) for value in (udid, name, state)):
-                continue
-            device_type = entry.get("deviceTypeIdentifier")
-            found.append(
-                Simulator(
-                    udid, name, state, runtime, device_type if isinstance(device_type, str) else ""
-                )
-            )
-    return tuple(found)
-
-
-def parse_screen(data: Any) -> ScreenSize | None:
-    """The screen size from ``idb describe --json``, or None if it does not say."""
-    screen = data.get("screen_dimensions") if isinstance(data, dict) else None
-    if not isinstance(screen, dict):
-        return None
-    keys = ("width", "height", "width_points", "height_points")
-    values = [screen.get(key) for key in keys]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        return None
-    return ScreenSize(*values)
-
-
-def _list_of_dicts(data: Any, key: str) -> list[dict[str, Any]]:
-    entries = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"no {key!r} list")
-    return [entry for entry in entries if isinstance(entry, dict)]
-
-
-class Catalog:
-    """The device types and iOS runtimes this Mac offers, and lookups by any of their names."""
-
-    def __init__(self, device_types: Sequence[DeviceType], runtimes: Sequence[Runtime]) -> None:
-        self.device_types = tuple(device_types)
-        self.runtimes = tuple(runtimes)
-
-    def configurations(self) -> Configurations:
-        versions = dict.fromkeys(runtime.version for runtime in self.runtimes)
-        return Configurations(tuple(t.name for t in self.device_types), tuple(versions))
-
-    def device_type(self, text: str) -> DeviceType | None:
-        for device_type in self.device_types:
-            if text in (device_type.name, device_type.identifier):
-                return device_type
-        return None
-
-    def runtime(self, text: str) -> Runtime | None:
-        """By version ("17.2"), name ("iOS 17.2") or identifier; the newest build wins."""
-        matches = [r for r in self.runtimes if text in (r.version, r.name, r.identifier)]
-        return matches[-1] if matches else None
-
-    def device_type_name(self, simulator: Simulator) -> str:
-        for device_type in self.device_types:
-            if device_type.identifier == simulator.device_type:
-                return device_type.name
-        match = _OUR_NAME.fullmatch(simulator.name)
-        return match["device_type"] if match else simulator.device_type
-
-    def runtime_version(self, identifier: str) -> str:
-        for runtime in self.runtimes:
-            if runtime.identifier == identifier:
-                return runtime.version
-        # com.apple.CoreSimulator.SimRuntime.iOS-17-2 -> 17.2
-        tail = identifier.rpartition(".")[2]
-        return tail.removeprefix("iOS-").replace("-", ".")
-
-
-def is_ours(name: str) -> bool:
-    """Whether a simulator name is one this bridge gave (prefix and random suffix)."""
-    return _OUR_NAME.fullmatch(name) is not None
-
-
-def new_device_name(device_type: str) -> str:
-    return f"{DEVICE_NAME_PREFIX}{device_type}-{secrets.token_hex(4)}"
 
 
 # --- controls (pure) -------------------------------------------------------------------------
@@ -310,72 +144,6 @@ def control_argv(
     raise BadInput("t", f"unsupported control event {type(event).__name__}")
 
 
-# --- device log (pure) -----------------------------------------------------------------------
-
-_COMPACT_LINE = re.compile(
-    r"(?P<timestamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s+"
-    r"(?P<type>[A-Za-z]{1,2})\s+"
-    r"(?P<process>.+?)\[(?P<pid>\d+)(?::[0-9A-Fa-fx]+)?\]\s?"
-    r"(?P<message>.*)"
-)
-# The compact type column: Default, Info, Debug, Error, Fault (and activity lines).
-_LEVELS: Mapping[str, str] = {"Df": "info", "I": "info", "Db": "debug", "E": "error", "F": "error"}
-_HEADERS = ("Filtering the log data", "Timestamp ")
-
-
-def parse_log_line(line: str) -> LogLine | None:
-    """One line of ``log stream --style compact``; None for headers and blank lines.
-
-    A line that is not a log entry (the continuation of a multi-line message)
-    comes back with only its message set.
-    """
-    line = line.rstrip("\r\n")
-    if not line.strip() or line.startswith(_HEADERS):
-        return None
-    match = _COMPACT_LINE.fullmatch(line)
-    if match is None:
-        return LogLine("", "", "", "info", line, line)
-    level = _LEVELS.get(match["type"], "info")
-    return LogLine(
-        match["timestamp"],
-        match["process"].strip(),
-        match["pid"],
-        level,  # type: ignore[arg-type]
-        match["message"],
-        line,
-    )
-
-
-class LineSplitter:
-    """Bytes in, complete text lines out; a line longer than ``max_line`` is cut there."""
-
-    def __init__(self, max_line: int = 16384) -> None:
-        self._buffer = bytearray()
-        self._max_line = max_line
-        self._discarding = False  # inside the overflow of an over-long line
-
-    def feed(self, data: bytes) -> list[str]:
-        self._buffer += data
-        lines = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self._max_line:
-                    if not self._discarding:
-                        lines.append(self._decode(self._buffer[: self._max_line]))
-                    self._discarding = True
-                    self._buffer.clear()
-                return lines
-            if not self._discarding:
-                lines.append(self._decode(self._buffer[: min(end, self._max_line)]))
-            self._discarding = False
-            del self._buffer[: end + 1]
-
-    @staticmethod
-    def _decode(raw: bytes | bytearray) -> str:
-        return raw.decode("utf-8", "replace").rstrip("\r")
-
-
 # --- the backend -----------------------------------------------------------------------------
 
 
@@ -414,9 +182,10 @@ class IosBackend:
         command_timeout: float = 10.0,
         kill_grace: float = _subprocess.DEFAULT_GRACE,
         create_budget: float = CREATE_BUDGET,
+        census: ProcessCensus | None = None,
     ) -> None:
-        if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
-            raise InvalidSettings(f"ios fps must be an integer from 1 to {MAX_FPS}, not {fps!r}")
+        if (problem := fps_problem(fps)) is not None:
+            raise InvalidSettings(f"ios fps {problem}")
         for label, value in (
             ("command_timeout", command_timeout),
             ("kill_grace", kill_grace),
@@ -442,6 +211,7 @@ class IosBackend:
         self._controls_failed = 0
         self._stream_fallbacks = 0
         self._shot_numbers = count()
+        self.census = census if census is not None else ProcessCensus()
 
     def statistics(self) -> IosStatistics:
         now = trio.current_time()
@@ -450,7 +220,7 @@ class IosBackend:
             controls_applied=self._controls_applied,
             controls_failed=self._controls_failed,
             stream_fallbacks=self._stream_fallbacks,
-            commands=_subprocess.statistics(),
+            commands=self.census.statistics(),
         )
 
     def _meter(self, udid: str) -> SourceMeter:
@@ -464,7 +234,9 @@ class IosBackend:
     async def _run(self, argv: Sequence[str], *, until: float = math.inf) -> CommandResult:
         """Run one command with the command timeout, cut short to end by ``until`` (trio time)."""
         limit = min(self._command_timeout, until - trio.current_time())
-        return await run_command(argv, timeout=max(limit, 0.001), grace=self._kill_grace)
+        return await run_command(
+            argv, timeout=max(limit, 0.001), census=self.census, grace=self._kill_grace
+        )
 
     async def _simctl_json(self, *args: str, until: float = math.inf) -> Any:
         result = await self._run([self._xcrun, "simctl", *args, "-j"], until=until)
@@ -664,7 +436,7 @@ class IosBackend:
                 continue
             device_type = catalog.device_type_name(simulator)
             kind = catalog.device_type(device_type)
-            family = kind.family if kind else _family(device_type, None)
+            family = kind.family if kind else family_of(device_type, None)
             screen = await self._screen(
                 simulator.udid, family, until=trio.current_time() + self._command_timeout
             )
@@ -707,8 +479,7 @@ class IosBackend:
 
     async def capture(self, device: DeviceInfo, sink: FrameSink, *, fps: int) -> None:
         """Stream from idb; if idb cannot stream, poll screenshots. Raises when the source dies."""
-        if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-            raise BadInput("fps", f"must be a positive integer, not {fps!r}")
+        require_fps(fps)
         fps = min(fps, self._fps)
         meter = self._meter(device.udid)
         meter.captures += 1
@@ -733,7 +504,7 @@ class IosBackend:
         parser = MjpegParser()
         published = 0
         try:
-            async with open_child(argv, grace=self._kill_grace) as child:
+            async with open_child(argv, census=self.census, grace=self._kill_grace) as child:
                 first_frame_due = trio.current_time() + self._command_timeout
                 while True:
                     with trio.move_on_at(first_frame_due if published == 0 else math.inf) as wait:
@@ -830,7 +601,7 @@ class IosBackend:
         """Emit each device log line until cancelled; raise if ``log stream`` ends."""
         argv = [self._xcrun, "simctl", "spawn", device.udid, "log", "stream", "--style", "compact"]
         splitter = LineSplitter()
-        async with open_child(argv, grace=self._kill_grace) as child:
+        async with open_child(argv, census=self.census, grace=self._kill_grace) as child:
             while data := await child.stdout.receive_some(_READ_SIZE):
                 for line in splitter.feed(data):
                     entry = parse_log_line(line)

@@ -30,9 +30,11 @@ import numpy as np
 import trio
 from av.video.reformatter import VideoReformatter
 
+from .._checks import require_fps
 from .._device import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
 from .._settings import mask_password
+from . import DEVICE_NAME_PREFIX
 from .jpeg import JpegEncoder, qscale_for_quality
 from .sourcestats import SourceMeter, SourceStatistics
 
@@ -40,8 +42,6 @@ log = logging.getLogger("bridge_actors.media")
 
 BACKEND_NAME = "media"
 MEDIA_VERSION = "media"  # the single ios_version media devices offer
-DEVICE_NAME_PREFIX = "bridge-"
-MAX_FPS = 120
 MAX_SIZE = 8192
 OPEN_TIMEOUT = 5.0  # seconds for a network source to answer; create_device must answer in 10
 READ_TIMEOUT = 10.0  # seconds without data before a stream counts as failed
@@ -521,8 +521,7 @@ class MediaBackend:
         self._device(device)
 
     async def capture(self, device: DeviceInfo, sink: FrameSink, *, fps: int) -> None:
-        if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
-            raise BadInput("fps", f"must be an integer from 1 to {MAX_FPS}, not {fps!r}")
+        require_fps(fps)
         state = self._device(device)
         meter = state.meter
         meter.captures += 1

@@ -79,8 +79,10 @@ class SubprocessStatistics:
     killed: int
 
 
-class _Census:
-    """Counts of children started here, for statistics and for leak checks in tests."""
+class ProcessCensus:
+    """Counts of the children one owner (a backend) started, for its statistics and
+    for leak checks in tests. Each backend keeps its own, so a bridge reports its
+    children only, not those of every bridge in the process."""
 
     def __init__(self) -> None:
         self.running: dict[int, tuple[str, ...]] = {}
@@ -88,22 +90,17 @@ class _Census:
         self.timed_out = 0
         self.killed = 0
 
+    def statistics(self) -> SubprocessStatistics:
+        return SubprocessStatistics(
+            running=len(self.running),
+            started=self.started,
+            timed_out=self.timed_out,
+            killed=self.killed,
+        )
 
-_census = _Census()
-
-
-def statistics() -> SubprocessStatistics:
-    return SubprocessStatistics(
-        running=len(_census.running),
-        started=_census.started,
-        timed_out=_census.timed_out,
-        killed=_census.killed,
-    )
-
-
-def running_pids() -> frozenset[int]:
-    """Children started here that have not been reaped yet."""
-    return frozenset(_census.running)
+    def running_pids(self) -> frozenset[int]:
+        """Children started here that have not been reaped yet."""
+        return frozenset(self.running)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +169,7 @@ def _signal_group(process: trio.Process, signum: int) -> None:
         process.send_signal(signum)
 
 
-async def _stop(process: trio.Process, grace: float) -> None:
+async def _stop(process: trio.Process, grace: float, census: ProcessCensus) -> None:
     """Terminate, kill after ``grace``, reap. Shielded: it runs during cancellation."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
@@ -180,20 +177,20 @@ async def _stop(process: trio.Process, grace: float) -> None:
             with trio.move_on_after(grace):
                 await process.wait()
         if process.returncode is None:
-            _census.killed += 1
+            census.killed += 1
             _signal_group(process, signal.SIGKILL)
             with trio.move_on_after(REAP_LIMIT):
                 await process.wait()
         if process.returncode is None:
             log.error("child %d ignored SIGKILL for %g s; left unreaped", process.pid, REAP_LIMIT)
         else:
-            _census.running.pop(process.pid, None)
+            census.running.pop(process.pid, None)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 await stream.aclose()
 
 
-async def _spawn(argv: Sequence[str]) -> trio.Process:
+async def _spawn(argv: Sequence[str], census: ProcessCensus) -> trio.Process:
     if not argv:
         raise ValueError("empty command")
     tool = argv[0]
@@ -212,8 +209,8 @@ async def _spawn(argv: Sequence[str]) -> trio.Process:
         raise ToolNotFound(tool, "is not executable") from None
     except OSError as exc:
         raise ToolNotFound(tool, f"cannot be started: {exc.strerror or exc}") from None
-    _census.started += 1
-    _census.running[process.pid] = tuple(argv)
+    census.started += 1
+    census.running[process.pid] = tuple(argv)
     return process
 
 
@@ -225,7 +222,7 @@ def _single(group: BaseExceptionGroup) -> BaseException | None:
 
 @asynccontextmanager
 async def open_child(
-    argv: Sequence[str], *, grace: float = DEFAULT_GRACE
+    argv: Sequence[str], *, census: ProcessCensus, grace: float = DEFAULT_GRACE
 ) -> AsyncIterator[ChildProcess]:
     """Start ``argv`` with stdout piped to the body; stop and reap it when the body exits.
 
@@ -233,7 +230,7 @@ async def open_child(
     body comes out as itself, not wrapped in a group, since the task draining
     stderr is an implementation detail.
     """
-    process = await _spawn(argv)
+    process = await _spawn(argv, census)
     child = ChildProcess(argv, process)
     try:
         async with trio.open_nursery() as nursery:
@@ -241,7 +238,7 @@ async def open_child(
             try:
                 yield child
             finally:
-                await _stop(process, grace)
+                await _stop(process, grace, census)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         single = _single(group)
@@ -254,6 +251,7 @@ async def run_command(
     argv: Sequence[str],
     *,
     timeout: float,  # noqa: ASYNC109
+    census: ProcessCensus,
     grace: float = DEFAULT_GRACE,
     check: bool = True,
     max_output: int = MAX_OUTPUT_BYTES,
@@ -269,14 +267,14 @@ async def run_command(
     """
     stdout = bytearray()
     with trio.move_on_after(timeout) as scope:
-        async with open_child(argv, grace=grace) as child:
+        async with open_child(argv, census=census, grace=grace) as child:
             while chunk := await child.stdout.receive_some(_READ_SIZE):
                 stdout += chunk
                 if len(stdout) > max_output:
                     raise DeviceError(f"`{describe(argv)}` wrote more than {max_output} bytes")
             returncode = await child.wait()
     if scope.cancelled_caught:
-        _census.timed_out += 1
+        census.timed_out += 1
         raise CommandTimeout(argv, timeout)
     stderr = child.stderr_tail()
     if check and returncode != 0:

@@ -25,6 +25,7 @@ import numpy as np
 import trio
 from PIL import Image, ImageDraw, ImageFont
 
+from .._checks import require_fps
 from .._device import (
     Button,
     Configurations,
@@ -39,12 +40,12 @@ from .._device import (
     Text,
 )
 from .._errors import BadInput, DeviceError
+from . import DEVICE_NAME_PREFIX
 from .jpeg import JpegEncoder
 
 _T = TypeVar("_T")
 
 BACKEND_NAME = "simulated"
-DEVICE_NAME_PREFIX = "bridge-"
 
 # Points and pixels are the same (scale 1), so a tap's coordinates are pixel coordinates.
 DEVICE_SIZES: dict[str, tuple[int, int]] = {
@@ -57,7 +58,6 @@ IOS_VERSIONS = ("17.5", "18.0")
 MARK_FADE_SECONDS = 1.0
 MAX_MARKS = 64  # a flood of taps cannot grow a device without bound
 MAX_TYPED_CHARACTERS = 200
-MAX_FPS = 120
 
 Offload = Callable[..., Awaitable[Any]]
 
@@ -538,8 +538,7 @@ class SimulatedBackend:
         slot never lies in the past: after a pause (no viewers, a slow encode)
         the rate resumes from now instead of bursting to catch up.
         """
-        if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
-            raise BadInput("fps", f"must be an integer from 1 to {MAX_FPS}, not {fps!r}")
+        require_fps(fps)
         await trio.lowlevel.checkpoint()
         info = self._device(device.udid).info
         self._active_captures += 1

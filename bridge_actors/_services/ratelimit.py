@@ -176,7 +176,22 @@ class RateLimiter:
         self._active_by_session: dict[str, int] = {}
         self._attempts = 0
         self._admitted = 0
+        self._released = 0
         self._denied = dict.fromkeys(DENIAL_REASONS, 0)
+
+    @property
+    def admitted(self) -> int:
+        """Connections admitted since the start."""
+        return self._admitted
+
+    @property
+    def released(self) -> int:
+        """Admitted connections that have ended since the start."""
+        return self._released
+
+    def active(self, session_id: str) -> int:
+        """The session's connections open now."""
+        return self._active_by_session.get(session_id, 0)
 
     def admit(self, session_id: str, client_ip: str, kind: str = "video") -> Admission:
         """Admit one connection or raise the :class:`~bridge_actors.Refused` subclass saying why."""
@@ -190,7 +205,7 @@ class RateLimiter:
                 raise ServerBusy(
                     f"the bridge has reached its limit of {self._max_connections} connections"
                 )
-            if self._active_by_session.get(session_id, 0) >= self._per_session:
+            if self.active(session_id) >= self._per_session:
                 raise SessionFull(session_id, self._per_session)
             wait = self._window.retry_after((session_id, client_ip), now)
             if wait > 0:
@@ -210,6 +225,7 @@ class RateLimiter:
         if admission not in self._live:
             return
         self._live.remove(admission)
+        self._released += 1
         remaining = self._active_by_session[admission.session_id] - 1
         if remaining:
             self._active_by_session[admission.session_id] = remaining

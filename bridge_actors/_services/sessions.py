@@ -21,7 +21,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,9 +100,6 @@ class Connection:
     lifeline: Lifeline
 
 
-_connection_ids = itertools.count(1)
-
-
 class Session:
     def __init__(
         self,
@@ -111,8 +108,11 @@ class Session:
         backend: DeviceBackend,
         *,
         created_at: float | None = None,
+        connection_ids: Iterator[int] | None = None,
     ) -> None:
         self.session_id = session_id
+        # Ids unique within the registry that made the session (each bridge has its own).
+        self._connection_ids = connection_ids if connection_ids is not None else itertools.count(1)
         self.device = device
         self.backend = backend
         self.created_at = time.time() if created_at is None else created_at
@@ -193,7 +193,7 @@ class Session:
     def open_connection(self, kind: str, client_ip: str) -> Connection:
         now = time.time()
         connection = Connection(
-            next(_connection_ids), self.session_id, kind, client_ip, now, Lifeline()
+            next(self._connection_ids), self.session_id, kind, client_ip, now, Lifeline()
         )
         self.adopt(connection.lifeline)
         self.connections[connection.id] = connection
@@ -366,6 +366,7 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._held: dict[str, HeldSession] = {}
         self._nursery: trio.Nursery | None = None
+        self._connection_ids = itertools.count(1)  # shared by this registry's sessions
         self.created = 0
         self.deleted = 0
         self.delete_failures = 0
@@ -470,7 +471,9 @@ class SessionRegistry:
         created_at: float | None = None,
     ) -> Session:
         assert self._nursery is not None, "SessionRegistry is not running"
-        session = Session(session_id, device, backend, created_at=created_at)
+        session = Session(
+            session_id, device, backend, created_at=created_at, connection_ids=self._connection_ids
+        )
         await self._nursery.start(session.run)
         self._sessions[session_id] = session  # only once running: its log stream exists
         return session
