@@ -166,3 +166,24 @@ async def test_a_message_too_big_ends_the_connection_and_the_handler(tmp_path):
                     pass  # until the server closes the connection
         # The handler ended too: its connection slot is free.
         await wait_until(lambda: server.bridge.connection_stats()["total_connections"] == 0)
+
+
+async def test_a_client_that_never_answers_the_1009_does_not_keep_the_connection(
+    tmp_path, monkeypatch
+):
+    from conftest import running_server
+
+    from bridge_actors._server import wsclose
+
+    monkeypatch.setattr(wsclose, "CLOSE_HANDSHAKE_TIMEOUT", 0.3)
+    async with running_server(tmp_path, max_message_bytes=4096) as server:
+        sock = await handshake(server.host, server.port, f"/ws/{server.session_id}/control")
+        with sock:
+            await sock.send(client_frame(0x81, b"x" * 20_000)[:8000])  # refused; then silence
+            received = b""
+            with trio.fail_after(10):
+                while chunk := await sock.recv(65536):
+                    received += chunk  # the close frame, then the end of the connection
+        closes = [payload for opcode, payload in server_frames(received) if opcode == 0x8]
+        assert struct.unpack("!H", closes[0][:2])[0] == MESSAGE_TOO_BIG
+        await wait_until(lambda: server.bridge.limiter.statistics().active_connections == 0)

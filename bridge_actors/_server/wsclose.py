@@ -30,6 +30,10 @@ from wsproto.frame_protocol import CloseReason
 
 __all__ = ["ClosingWSStream", "install"]
 
+# How long a client may take to answer the close frame of a refused message (RFC 6455
+# §7.1.1 leaves it to the server; browsers answer at once).
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
 # The modules whose ``WSStream`` name Hypercorn's protocols construct streams from.
 _CREATORS = (h11, h2)
 
@@ -56,6 +60,7 @@ class ClosingWSStream(WSStream):
                     # read and the connection hung. Keep reading, discarding data frames.
                     self._closing_too_big = True
                     self.buffer.clear()
+                    self.task_group.spawn(self._end_unless_answered)
                     continue
                 if event.message_finished:
                     assert self.app_put is not None
@@ -73,6 +78,12 @@ class ClosingWSStream(WSStream):
                         CloseConnection(code=event.code, reason=event.reason)
                     )
                 await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _end_unless_answered(self) -> None:
+        """A client that never answers our close frame does not keep the connection."""
+        await self.context.sleep(CLOSE_HANDSHAKE_TIMEOUT)
+        if not self.closed:
+            await self.send(StreamClosed(stream_id=self.stream_id))
 
 
 def install() -> None:
