@@ -30,7 +30,8 @@ import numpy as np
 import trio
 from av.video.reformatter import VideoReformatter
 
-from .._device import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
+from .._controls import ControlEvent
+from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
 from .._settings import mask_password
 from .jpeg import JpegEncoder, qscale_for_quality

@@ -25,19 +25,8 @@ import numpy as np
 import trio
 from PIL import Image, ImageDraw, ImageFont
 
-from .._device import (
-    Button,
-    Configurations,
-    ControlEvent,
-    DeviceInfo,
-    FrameSink,
-    Key,
-    LogLine,
-    Screenshot,
-    Swipe,
-    Tap,
-    Text,
-)
+from .._controls import Button, ControlEvent, Key, Swipe, Tap, Text
+from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError
 from .jpeg import JpegEncoder
 
