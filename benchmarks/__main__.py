@@ -1,4 +1,4 @@
-"""``python -m benchmarks SCENARIO ...`` (also ``bridge-actors bench SCENARIO ...``).
+"""``python -m benchmarks SCENARIO ...``, from a source checkout.
 
 Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, http
 (REST throughput and latency on keep-alive, ``Connection: close`` and proxied

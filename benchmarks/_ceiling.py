@@ -15,66 +15,77 @@ it accepts connections, and serves any path (``?format=binary`` for binary frame
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import struct
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import trio
 import trio_websocket
 
-from bridge_actors._backends.simulated import DEVICE_SIZES, SimulatedDevice, _FrameMaker
-from bridge_actors._device import BINARY_MAGIC, CODEC_JPEG, DeviceInfo
+from bridge_actors import Frame, Settings, open_bridge
+from bridge_actors.wire import binary_frame, video_frame_text
 
 DEVICE_TYPE = "iPhone 15 (simulated)"
-_HEADER = struct.Struct(">4sIdHHHHIB3x")
+IOS_VERSION = "18.0"
 
 
-def render_frames(count: int, quality: int = 80) -> list[bytes]:
-    """``count`` consecutive frames of the simulated device, encoded as the server would."""
-    width, height = DEVICE_SIZES[DEVICE_TYPE]
-    info = DeviceInfo(
-        udid="CEILING",
-        name=f"bridge-{DEVICE_TYPE}-ceiling",
-        device_type=DEVICE_TYPE,
-        ios_version="18.0",
-        point_width=width,
-        point_height=height,
-        pixel_width=width,
-        pixel_height=height,
-        backend="simulated",
-    )
-    device = SimulatedDevice(info)
-    maker = _FrameMaker(info, quality)
-    start = time.time()
-    return [maker.make(device.scene(i / 30, start + i / 30))[0] for i in range(count)]
+async def _capture_frames(count: int, quality: int) -> list[Frame]:
+    with tempfile.TemporaryDirectory(prefix="bridge-ceiling-") as state_dir:
+        settings = Settings(
+            state_dir=Path(state_dir), backends=("simulated",), jpeg_quality=quality
+        )
+        async with open_bridge(settings) as bridge:
+            session = await bridge.create_session(DEVICE_TYPE, IOS_VERSION)
+            frames: list[Frame] = []
+            async with bridge.watch(session.session_id) as viewer:
+                async for frame in viewer:
+                    frames.append(frame)
+                    if len(frames) >= count:
+                        break
+            await bridge.delete_session(session.session_id)
+    return frames
+
+
+def render_frames(count: int, quality: int = 80) -> list[Frame]:
+    """``count`` consecutive frames of the simulated device, as the server captures them.
+
+    Taken from a bridge run for the purpose (public API only), so they are the
+    server's own JPEGs at its own quality and size.
+    """
+    return trio.run(_capture_frames, count, quality)
 
 
 class _Latest:
     """The newest frame and an event that fires when the next one replaces it."""
 
     def __init__(self) -> None:
-        self.seq = 0
-        self.timestamp = 0.0
-        self.b64 = ""
-        self.binary = b""
+        self.frame: Frame | None = None
         self.changed = trio.Event()
 
-    def publish(self, seq: int, timestamp: float, jpeg: bytes) -> None:
-        """Serialise once for everyone, in both formats (base64 of 60 KB costs ~0.1 ms)."""
-        self.seq, self.timestamp = seq, timestamp
-        width, height = DEVICE_SIZES[DEVICE_TYPE]
-        header = _HEADER.pack(
-            BINARY_MAGIC, seq, timestamp, width, height, width, height, 0, CODEC_JPEG
+    @property
+    def seq(self) -> int:
+        return self.frame.seq if self.frame is not None else 0
+
+    def publish(self, seq: int, timestamp: float, source: Frame) -> None:
+        """A new frame; its messages are made once, by the first viewer to send each format."""
+        self.frame = Frame(
+            seq=seq,
+            timestamp=timestamp,
+            captured_at=trio.current_time(),
+            jpeg=source.jpeg,
+            pixel_width=source.pixel_width,
+            pixel_height=source.pixel_height,
+            point_width=source.point_width,
+            point_height=source.point_height,
+            input_seq=0,
         )
-        self.binary = header + jpeg
-        self.b64 = base64.b64encode(jpeg).decode("ascii")
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
 
-async def _produce(latest: _Latest, frames: list[bytes], fps: int) -> None:
+async def _produce(latest: _Latest, frames: list[Frame], fps: int) -> None:
     interval = 1 / fps
     deadline = trio.current_time()
     seq = 0
@@ -84,17 +95,6 @@ async def _produce(latest: _Latest, frames: list[bytes], fps: int) -> None:
         seq += 1
         latest.publish(seq, time.time(), frames[seq % len(frames)])
         deadline += interval
-
-
-def _json_message(latest: _Latest, counter: int, fps: int) -> str:
-    width, height = DEVICE_SIZES[DEVICE_TYPE]
-    return (
-        '{"type":"video_frame","data":"'
-        + latest.b64
-        + f'","pixel_width":{width},"pixel_height":{height},"point_width":{width},'
-        f'"point_height":{height},"frame":{counter},"timestamp":{latest.timestamp!r},'
-        f'"fps":{fps},"format":"jpeg","seq":{latest.seq},"input_seq":0}}'
-    )
 
 
 def _handler(latest: _Latest):
@@ -115,17 +115,20 @@ def _handler(latest: _Latest):
                     previous = in_second if now == second + 1 else 0
                     second, in_second = now, 0
                 in_second += 1
+                frame = latest.frame
+                assert frame is not None
                 if binary:
-                    await ws.send_message(latest.binary)
+                    await ws.send_message(binary_frame(frame))
                 else:
-                    await ws.send_message(_json_message(latest, sent, previous))
+                    await ws.send_message(video_frame_text(frame, sent, previous))
+                del frame
         except trio_websocket.ConnectionClosed:
             return
 
     return handle
 
 
-async def serve(port: int, fps: int, frames: list[bytes]) -> None:
+async def serve(port: int, fps: int, frames: list[Frame]) -> None:
     latest = _Latest()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_produce, latest, frames, fps)
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=30, help="distinct frames to cycle through")
     args = parser.parse_args(argv)
     frames = render_frames(args.frames, args.quality)
-    print(f"frames {len(frames)} mean_bytes {sum(map(len, frames)) // len(frames)}", flush=True)
+    mean_bytes = sum(len(frame.jpeg) for frame in frames) // len(frames)
+    print(f"frames {len(frames)} mean_bytes {mean_bytes}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve, args.port, args.fps, frames)
     return 0

@@ -3,7 +3,8 @@
 Default proxy settings for REST (nginx speaks HTTP/1.0 upstream with
 ``Connection: close``: every proxied request is a connection the server must
 close), and ``Upgrade``/``Connection: upgrade`` and ``X-Real-IP`` under
-``/ws/``. Its configuration, pid file and logs go to a directory of the run.
+``/ws/``: ``deploy/nginx.conf``, the deployment's own configuration. Its
+placeholders are filled for the run; pid file and logs go to a directory of it.
 """
 
 from __future__ import annotations
@@ -21,40 +22,20 @@ import trio
 
 from ._server import normal_priority
 
-CONFIG = """
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    upstream bridge {{ server {upstream_host}:{upstream_port}; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location /ws/ {{
-            proxy_pass http://bridge;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header Host $host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-        }}
-        location / {{
-            proxy_pass http://bridge;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
-}}
-"""
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
+def nginx_config(root: Path, upstream_host: str, upstream_port: int, port: int) -> str:
+    """deploy/nginx.conf with the run's addresses and directory in its placeholders."""
+    upstream = f"[{upstream_host}]" if ":" in upstream_host else upstream_host
+    text = TEMPLATE.read_text()
+    for placeholder, value in (
+        ("@UPSTREAM@", f"{upstream}:{upstream_port}"),
+        ("@LISTEN@", f"127.0.0.1:{port}"),
+        ("@RUNTIME_DIR@", str(root)),
+    ):
+        text = text.replace(placeholder, value)
+    return text
 
 
 class NginxMissing(Exception):
@@ -94,10 +75,7 @@ async def running_nginx(
     await trio.Path(root).mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "nginx.conf"
-    await trio.Path(config).write_text(
-        CONFIG.format(root=root, upstream_host=upstream_host, upstream_port=upstream_port,
-                      port=port)
-    )  # fmt: skip
+    await trio.Path(config).write_text(nginx_config(root, upstream_host, upstream_port, port))
     with open(root / "stderr.log", "ab") as log_file:  # noqa: ASYNC230 - a local log file
         process = await trio.lowlevel.open_process(
             [binary, "-p", str(root), "-c", str(config)],

@@ -4,7 +4,7 @@ Running the server apart from the clients is what lets its CPU seconds and
 memory be measured on their own (psutil on its pid). The harness passes it a
 free port (``--port 0``; the server prints the address it bound), a temporary
 state directory, and the limits a scenario needs through the environment, by
-the names in ``bridge_actors._settings.ENV_NAMES``.
+the names in ``bridge_actors.ENV_NAMES``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import psutil
 import trio
 
-from bridge_actors._settings import ENV_NAMES
+from bridge_actors import ENV_NAMES
 
 from . import _http
 
@@ -204,15 +204,8 @@ def normal_priority() -> None:
 
 
 def _server_command() -> list[str]:
-    script = Path(sys.executable).with_name("bridge-actors")
-    if script.exists():
-        return [str(script), "serve"]
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from bridge_actors._cli import main; sys.exit(main())",
-        "serve",
-    ]
+    """``python -m bridge_actors serve``, with the interpreter running the harness."""
+    return [sys.executable, "-m", "bridge_actors", "serve"]
 
 
 def server_environment(settings: Mapping[str, Any]) -> dict[str, str]:

@@ -4,7 +4,8 @@ A JSON frame is ~60-80 KB of base64 with the figures we need in its last ~150
 characters, so a viewer finds ``"timestamp":`` and ``"seq":`` from the end
 instead of decoding the whole message (``json.loads`` of every frame would cost
 the clients more CPU than the server spends sending it). ``verify_json_frame``
-decodes a message fully, for the sample of frames a viewer checks.
+decodes a message fully, for the sample of frames a viewer checks. The binary
+header is the one of :mod:`bridge_actors.wire`.
 
 The raw WebSocket handshake is for sockets trio-websocket cannot make: one
 that never reads (a stalled viewer, with a tiny receive buffer), and refused
@@ -23,11 +24,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-# PROTOCOL.md's binary frame header, restated here rather than imported from the server:
-# a client that shared the server's own parser could not catch a wire-format bug.
-BINARY_MAGIC = b"BAV1"
-BINARY_HEADER_SIZE = 32
-_BINARY_FIELDS = struct.Struct(">4sId8xI")  # magic, seq, timestamp, (sizes), input_seq
+from bridge_actors.wire import BINARY_HEADER, BINARY_HEADER_SIZE, BINARY_MAGIC
+
 _TAIL = 400  # the keys after "data" fit in far fewer characters than this
 
 
@@ -74,7 +72,9 @@ def json_frame_facts(message: str) -> FrameFacts:
 def binary_frame_facts(message: bytes) -> FrameFacts:
     if len(message) < BINARY_HEADER_SIZE:
         raise ValueError(f"binary frame of {len(message)} bytes is shorter than its header")
-    magic, seq, timestamp, input_seq = _BINARY_FIELDS.unpack_from(message)
+    magic, seq, timestamp, _pw, _ph, _ptw, _pth, input_seq, _codec = BINARY_HEADER.unpack_from(
+        message
+    )
     if magic != BINARY_MAGIC:
         raise ValueError(f"binary frame has bad magic {magic!r}")
     return FrameFacts(seq, timestamp, input_seq)

@@ -11,23 +11,15 @@ nursery::
 """
 
 from ._bridge import Bridge, BridgeStatistics, Kpis
+from ._controls import Button, ControlEvent, Key, Swipe, Tap, Text, parse_control
 from ._device import (
-    BINARY_HEADER_SIZE,
-    Button,
     Configurations,
-    ControlEvent,
     DeviceBackend,
     DeviceInfo,
     Frame,
     FrameSink,
-    Key,
     LogLine,
     Screenshot,
-    Swipe,
-    Tap,
-    Text,
-    parse_binary_header,
-    parse_control,
 )
 from ._errors import (
     BadInput,
@@ -46,12 +38,14 @@ from ._errors import (
 )
 from ._open import open_bridge
 from ._server.serve import serve
-from ._settings import PROFILES, Settings, load_settings
+from ._settings import ENV_NAMES, PROFILES, Settings, load_settings
+from .wire import BINARY_HEADER_SIZE, parse_binary_header
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BINARY_HEADER_SIZE",
+    "ENV_NAMES",
     "PROFILES",
     "BadInput",
     "Bridge",

@@ -13,15 +13,8 @@ from typing import Any
 import trio
 
 from ._checks import one_exception
-from ._device import (
-    Configurations,
-    ControlEvent,
-    DeviceBackend,
-    Key,
-    Screenshot,
-    parse_control,
-    resolve_key,
-)
+from ._controls import ControlEvent, Key, parse_control, resolve_key
+from ._device import Configurations, DeviceBackend, Screenshot
 from ._errors import BadInput, DeviceError
 from ._services.allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
 from ._services.capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics

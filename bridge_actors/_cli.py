@@ -3,8 +3,8 @@
 ``bridge-actors serve`` runs the server. Every setting is also a flag, named
 after its field (``--max-connections-per-session 5``); flags override the
 environment, which overrides ``--config FILE``, which overrides ``--profile``.
-``bridge-actors demo`` and ``bridge-actors bench`` hand their arguments to the
-demo and to the benchmarks.
+``bridge-actors demo`` hands its arguments to the demo. The benchmarks are not
+part of the package: run them from a source checkout with ``python -m benchmarks``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import threading
 import typing
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -71,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     for field, info in Settings.model_fields.items():
         _add_setting_flag(serve, field, info.annotation)
     commands.add_parser("demo", help="the library on its own: viewers in one process, no server")
-    commands.add_parser("bench", help="run the benchmarks (from a source checkout)")
     return parser
 
 
@@ -136,8 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import main as demo_main
 
         return demo_main(args_list[1:])
-    if args_list and args_list[0] == "bench":
-        return _bench(args_list[1:])
 
     parser = build_parser()
     args = parser.parse_args(args_list)
@@ -242,22 +238,3 @@ class _Watchdog:
         log.critical("shutdown took longer than %.1fs; exiting now", self.seconds)
         logging.shutdown()
         os._exit(1)
-
-
-def _bench(argv: list[str]) -> int:
-    # The benchmarks live beside the package in a source checkout, not in the install.
-    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (root / "benchmarks" / "__main__.py").exists():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            break
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError as error:
-        print(
-            f"{PROG} bench: the benchmarks are not importable ({error}); run it from a source"
-            " checkout, in the directory that holds benchmarks/",
-            file=sys.stderr,
-        )
-        return 2
-    return int(bench_main(argv) or 0)

@@ -1,6 +1,7 @@
-"""A real nginx in front of the server, configured as the ios-bridge deployment
-runs it: default proxy settings for REST (HTTP/1.0 upstream, ``Connection:
-close``), ``Upgrade``/``Connection: upgrade`` and ``X-Real-IP`` for WebSockets."""
+"""A real nginx in front of the server, configured as the deployment runs it:
+``deploy/nginx.conf`` (default proxy settings for REST, HTTP/1.0 upstream with
+``Connection: close``; ``Upgrade``/``Connection: upgrade`` and ``X-Real-IP`` for
+WebSockets), its placeholders filled with this test's ports and directory."""
 
 from __future__ import annotations
 
@@ -15,40 +16,20 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = """
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    upstream bridge {{ server 127.0.0.1:{upstream}; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location /ws/ {{
-            proxy_pass http://bridge;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header Host $host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-        }}
-        location / {{
-            proxy_pass http://bridge;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
-}}
-"""
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
+def nginx_config(root: Path, upstream: int, port: int) -> str:
+    """deploy/nginx.conf with this run's addresses and directory in its placeholders."""
+    values = {
+        "@UPSTREAM@": f"127.0.0.1:{upstream}",
+        "@LISTEN@": f"127.0.0.1:{port}",
+        "@RUNTIME_DIR@": str(root),
+    }
+    text = TEMPLATE.read_text()
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def nginx_binary() -> str:
@@ -75,7 +56,7 @@ def running_nginx(root: Path, upstream: int) -> Iterator[int]:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "nginx.conf"
-    config.write_text(CONFIG.format(root=root, upstream=upstream, port=port))
+    config.write_text(nginx_config(root, upstream, port))
     process = subprocess.Popen(
         [binary, "-p", str(root), "-c", str(config)],
         stdout=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The compatible clients of PROTOCOL.md, replayed request by request against a real server.
+"""The compatible clients of docs/protocol.md, replayed request by request against a real server.
 
 Each test issues exactly what one of those clients sends (method, path, body,
 headers, WebSocket messages) in the order it sends it, and asserts that every

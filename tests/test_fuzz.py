@@ -32,7 +32,7 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 STEP_TIMEOUT = 10.0
-# The close codes PROTOCOL.md documents for what a client sends (README, "The wire protocol").
+# The close codes docs/protocol.md documents for what a client sends (README, "The wire protocol").
 CLIENT_CLOSE_CODES = {1000, 1008, 1009}
 MAX_MESSAGE_BYTES = 4096
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import next_json, open_ws, running_server
 
 from bridge_actors import BadInput, Key, parse_control
-from bridge_actors._device import KEY_CODES, KEY_NAMES, key_code, resolve_key
+from bridge_actors._controls import KEY_CODES, KEY_NAMES, key_code, resolve_key
 
 
 @pytest.mark.parametrize(

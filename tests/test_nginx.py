@@ -19,7 +19,7 @@ from raw import (
     ws_frame,
 )
 
-from bridge_actors._device import parse_binary_header
+from bridge_actors.wire import parse_binary_header
 
 VIEWERS = 200
 FRAMES = 12

@@ -1,4 +1,4 @@
-"""The HTTP routes of PROTOCOL.md, end to end against a real server."""
+"""The HTTP routes of docs/protocol.md, end to end against a real server."""
 
 from __future__ import annotations
 

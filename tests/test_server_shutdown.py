@@ -246,32 +246,15 @@ def restore_logging():
     root.setLevel(level)
 
 
-def test_demo_and_bench_are_handed_their_arguments(monkeypatch):
-    import types
-
+def test_demo_is_handed_its_arguments(monkeypatch):
     from bridge_actors import _demo
 
     seen = {}
 
-    def fake(name):
-        def run(argv):
-            seen[name] = argv
-            return 0
+    def run(argv):
+        seen["demo"] = argv
+        return 0
 
-        return run
-
-    monkeypatch.setattr(_demo, "main", fake("demo"))
+    monkeypatch.setattr(_demo, "main", run)
     assert main(["demo", "--viewers", "3"]) == 0
-    bench_package = types.ModuleType("benchmarks")
-    bench_main = types.ModuleType("benchmarks.__main__")
-    bench_main.main = fake("bench")
-    monkeypatch.setitem(sys.modules, "benchmarks", bench_package)
-    monkeypatch.setitem(sys.modules, "benchmarks.__main__", bench_main)
-    assert main(["bench", "--quick"]) == 0
-    assert seen == {"demo": ["--viewers", "3"], "bench": ["--quick"]}
-
-
-def test_bench_without_the_benchmarks_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "benchmarks.__main__", None)  # makes the import fail
-    assert main(["bench"]) == 2
-    assert "benchmarks are not importable" in capsys.readouterr().err
+    assert seen == {"demo": ["--viewers", "3"]}

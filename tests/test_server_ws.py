@@ -1,4 +1,4 @@
-"""The WebSocket endpoints of PROTOCOL.md, end to end against a real server."""
+"""The WebSocket endpoints of docs/protocol.md, end to end against a real server."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from bridge_actors._server.ws import (
     close_reason,
     video_frame_text,
 )
+from bridge_actors.wire import jpeg_base64
 
 FRAME_KEYS = [
     "type",
@@ -496,7 +497,7 @@ def test_video_frame_text_is_json_in_protocol_order():
     assert list(message) == FRAME_KEYS
     assert message == {
         "type": "video_frame",
-        "data": frame.b64,
+        "data": jpeg_base64(frame),
         "pixel_width": 390,
         "pixel_height": 844,
         "point_width": 390,

@@ -17,16 +17,8 @@ from bridge_actors._backends.simulated import (
     _LogScript,
     run_on_event_loop,
 )
-from bridge_actors._device import (
-    Button,
-    DeviceBackend,
-    DeviceInfo,
-    LogLine,
-    Screenshot,
-    Swipe,
-    Tap,
-    Text,
-)
+from bridge_actors._controls import Button, Swipe, Tap, Text
+from bridge_actors._device import DeviceBackend, DeviceInfo, LogLine, Screenshot
 from bridge_actors._errors import BadInput, DeviceError
 
 IPHONE = "iPhone 15 (simulated)"

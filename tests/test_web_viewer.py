@@ -25,6 +25,7 @@ import trio_websocket
 from conftest import open_ws, running_server
 
 from bridge_actors import Frame
+from bridge_actors.wire import binary_frame
 
 STEP_TIMEOUT_MS = 10_000
 VIEWPORT = {"width": 1280, "height": 900}
@@ -473,7 +474,7 @@ async def test_viewer_reads_the_binary_header_and_scales_to_points(
                     const header = parseFrameHeader(new Uint8Array(bytes).buffer);
                     return [header, pixelToPoint({ x: 600, y: 3000 }, header)];
                 }""",
-                list(frame.binary),
+                list(binary_frame(frame)),
             )
         )
         assert header == {

@@ -36,21 +36,8 @@ from typing import Any
 import trio
 
 from .._checks import fps_problem, require_fps
-from .._device import (
-    Button,
-    Configurations,
-    ControlEvent,
-    DeviceInfo,
-    FrameSink,
-    Key,
-    LogLine,
-    Screenshot,
-    Swipe,
-    Tap,
-    Text,
-    key_code,
-    resolve_key,
-)
+from .._controls import Button, ControlEvent, Key, Swipe, Tap, Text, key_code, resolve_key
+from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
 from . import processes as _subprocess
 from .mjpeg import MjpegParser, jpeg_size

@@ -31,7 +31,8 @@ import trio
 from av.video.reformatter import VideoReformatter
 
 from .._checks import require_fps
-from .._device import Configurations, ControlEvent, DeviceInfo, FrameSink, LogLine, Screenshot
+from .._controls import ControlEvent
+from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
 from .._settings import mask_password
 from . import DEVICE_NAME_PREFIX

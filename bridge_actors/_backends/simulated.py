@@ -26,19 +26,8 @@ import trio
 from PIL import Image, ImageDraw, ImageFont
 
 from .._checks import require_fps
-from .._device import (
-    Button,
-    Configurations,
-    ControlEvent,
-    DeviceInfo,
-    FrameSink,
-    Key,
-    LogLine,
-    Screenshot,
-    Swipe,
-    Tap,
-    Text,
-)
+from .._controls import Button, ControlEvent, Key, Swipe, Tap, Text
+from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError
 from . import DEVICE_NAME_PREFIX
 from .jpeg import JpegEncoder

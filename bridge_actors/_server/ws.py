@@ -11,7 +11,6 @@ plain functions and classes; the handlers only move bytes.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import math
@@ -25,7 +24,8 @@ import trio
 from quart import websocket
 
 from .._bridge import Bridge
-from .._device import Frame, LogLine, Screenshot, parse_control
+from .._controls import parse_control
+from .._device import LogLine
 from .._errors import (
     BadInput,
     BridgeError,
@@ -40,6 +40,19 @@ from .._errors import (
 )
 from .._services.lifeline import Lifeline
 from .._services.meter import RateMeter
+from ..wire import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    NORMAL,
+    NOT_FOUND,
+    POLICY,
+    RATE_LIMITED,
+    SESSION_FULL,
+    TRY_AGAIN_LATER,
+    binary_frame,
+    screenshot_message,
+    video_frame_text,
+)
 from .abort import StuckSockets
 from .forwarded import connection_client
 from .json_codec import decode_json, encode_json
@@ -55,15 +68,6 @@ __all__ = [
     "normalize_control",
     "video_frame_text",
 ]
-
-NORMAL = 1000
-GOING_AWAY = 1001
-POLICY = 1008
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
-NOT_FOUND = 4004
-SESSION_FULL = 4009
-RATE_LIMITED = 4029
 
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 MAX_BAD_MESSAGES = 50  # in a row; a client that only sends garbage is let go with 1008
@@ -134,37 +138,6 @@ def close_reason(text: str) -> str:
     return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
-def video_frame_text(frame: Frame, number: int, fps: int) -> str:
-    """The JSON ``video_frame`` message, keys in PROTOCOL order, built around the shared base64.
-
-    Concatenation instead of ``json.dumps``: the base64 text (tens of kilobytes,
-    computed once per frame for every viewer) is copied once, never re-escaped.
-    """
-    return (
-        f'{{"type":"video_frame","data":"{frame.b64}",'
-        f'"pixel_width":{int(frame.pixel_width)},"pixel_height":{int(frame.pixel_height)},'
-        f'"point_width":{int(frame.point_width)},"point_height":{int(frame.point_height)},'
-        f'"frame":{int(number)},"timestamp":{_json_number(frame.timestamp)},"fps":{int(fps)},'
-        f'"format":"jpeg","seq":{int(frame.seq)},"input_seq":{int(frame.input_seq)}}}'
-    )
-
-
-def _json_number(value: float) -> str:
-    return repr(float(value)) if math.isfinite(value) else "null"
-
-
-def screenshot_message(shot: Screenshot) -> dict[str, Any]:
-    return {
-        "type": "screenshot",
-        "data": base64.b64encode(shot.data).decode("ascii"),
-        "pixel_width": shot.pixel_width,
-        "pixel_height": shot.pixel_height,
-        "point_width": shot.point_width,
-        "point_height": shot.point_height,
-        "format": shot.format,
-    }
-
-
 class LogFilter:
     """Which log lines a logs socket wants: a case-insensitive substring and a level."""
 
@@ -226,7 +199,7 @@ def normalize_control(message: dict[str, Any]) -> dict[str, Any]:
     The desktop viewer of the compatible clients sends a swipe's corners as
     ``startX``/``startY``/``endX``/``endY``. Anything else is returned unchanged, for
     ``parse_control`` to judge; keys given as HID usage codes it reads itself
-    (:func:`~bridge_actors._device.resolve_key`), on every path alike.
+    (:func:`~bridge_actors._controls.resolve_key`), on every path alike.
     """
     kind = message.get("t", message.get("type"))
     if kind == "swipe" and any(camel in message for camel in _SWIPE_ALIASES.values()):
@@ -349,7 +322,7 @@ class SocketHandlers:
                 # capped at 1 fps would otherwise keep a whole frame alive for a second.
                 if binary:
                     async for frame in viewer:
-                        message = frame.binary
+                        message = binary_frame(frame)
                         del frame
                         await ws.send(message)
                         del message

@@ -28,7 +28,8 @@ from typing import Any
 import outcome
 import trio
 
-from .._device import Configurations, ControlEvent, DeviceBackend, DeviceInfo
+from .._controls import ControlEvent
+from .._device import Configurations, DeviceBackend, DeviceInfo
 from .._errors import BadInput, BridgeError, DeleteFailed, DeviceError, SessionNotFound
 from .lifeline import Lifeline
 from .logstream import LogStream

@@ -1,0 +1,87 @@
+"""The wire format of bridge_actors.wire: one header, encodings made once per frame."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from bridge_actors import BINARY_HEADER_SIZE, Frame, parse_binary_header
+from bridge_actors.wire import (
+    BINARY_HEADER,
+    binary_frame,
+    encode_binary_header,
+    jpeg_base64,
+    video_frame_text,
+)
+
+
+def make_frame(seq: int = 5) -> Frame:
+    return Frame(
+        seq=seq,
+        timestamp=1_700_000_000.5,
+        captured_at=1.0,
+        jpeg=b"\xff\xd8" + bytes(100) + b"\xff\xd9",
+        pixel_width=1170,
+        pixel_height=2532,
+        point_width=390,
+        point_height=844,
+        input_seq=3,
+    )
+
+
+def test_the_header_is_32_bytes_and_reads_back():
+    assert BINARY_HEADER.size == BINARY_HEADER_SIZE == 32
+    frame = make_frame(seq=2**32 + 7)
+    message = binary_frame(frame)
+    assert message[:4] == b"BAV1"
+    assert message[BINARY_HEADER_SIZE:] == frame.jpeg
+    header = parse_binary_header(message)
+    assert header == {
+        "seq": 7,
+        "timestamp": 1_700_000_000.5,
+        "pixel_width": 1170,
+        "pixel_height": 2532,
+        "point_width": 390,
+        "point_height": 844,
+        "input_seq": 3,
+        "codec": 1,
+        "jpeg": frame.jpeg,
+    }
+    assert message[:BINARY_HEADER_SIZE] == encode_binary_header(
+        seq=7,
+        timestamp=1_700_000_000.5,
+        pixel_width=1170,
+        pixel_height=2532,
+        point_width=390,
+        point_height=844,
+        input_seq=3,
+    )
+
+
+def test_a_short_or_foreign_message_is_refused():
+    with pytest.raises(ValueError, match="shorter"):
+        parse_binary_header(b"BAV1")
+    with pytest.raises(ValueError, match="magic"):
+        parse_binary_header(b"XXXX" + bytes(40))
+
+
+def test_every_viewer_shares_one_encoding_of_a_frame():
+    frame = make_frame()
+    assert binary_frame(frame) is binary_frame(frame)
+    assert jpeg_base64(frame) is jpeg_base64(frame)
+    assert base64.b64decode(jpeg_base64(frame)) == frame.jpeg
+    first, second = video_frame_text(frame, 1, 30), video_frame_text(frame, 2, 30)
+    assert jpeg_base64(frame) in first and jpeg_base64(frame) in second
+
+
+def test_shared_calls_each_maker_once():
+    frame = make_frame()
+    calls: list[int] = []
+
+    def make(f: Frame) -> int:
+        calls.append(f.seq)
+        return len(calls)
+
+    assert [frame.shared(make) for _ in range(3)] == [1, 1, 1]
+    assert calls == [5]
