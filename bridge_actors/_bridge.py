@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,11 +51,35 @@ class Kpis:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionConnections:
+    """The client connections of one session: ever opened, open now by kind, first and last."""
+
+    total: int
+    open_by_kind: Mapping[str, int]
+    first: float | None
+    last: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    sessions: Mapping[str, SessionConnections]
+    rate_limit_buckets: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceStatistics:
+    pool: CapturePoolStatistics
+    warden: WardenStatistics
+    client_connections: int
+    client_disconnections: int
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeStatistics:
     timestamp: float
     ready: bool
-    connection_manager: dict[str, Any]
-    resource_manager: dict[str, Any]
+    connection_manager: ConnectionStatistics
+    resource_manager: ResourceStatistics
     rate_limiter: RateLimiterStatistics
     warden: WardenStatistics
     allocator: AllocatorStatistics
@@ -106,7 +131,7 @@ class Bridge:
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.started = False
         self.draining = False
-        self.final_statistics: dict[str, Any] | None = None
+        self.final_statistics: ResourceStatistics | None = None
 
     # The limiter owns the count of connections (it admits and releases every one);
     # these read it, so the figures cannot drift apart.
@@ -241,39 +266,27 @@ class Bridge:
 
     # -- statistics --------------------------------------------------------------------------
 
-    def connection_stats(self) -> dict[str, Any]:
-        sessions = self.registry.sessions()
-        limiter = self.limiter.statistics()
-        return {
-            "total_sessions": len(sessions),
-            "total_connections": sum(len(s.connections) for s in sessions),
-            "sessions": {s.session_id: s.connection_stats() for s in sessions},
-            "rate_limit_buckets": limiter.buckets,
-        }
+    def connection_statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            sessions={
+                s.session_id: SessionConnections(
+                    total=s.total_connections,
+                    open_by_kind=dict(Counter(c.kind for c in s.connections.values())),
+                    first=s.first_connection,
+                    last=s.last_connection,
+                )
+                for s in self.registry.sessions()
+            },
+            rate_limit_buckets=self.limiter.statistics().buckets,
+        )
 
-    def resource_stats(self) -> dict[str, Any]:
-        pool = self.pool.statistics()
-        warden = self.warden.statistics()
-        last = warden.last
-        return {
-            "video_services": pool.services,
-            "webrtc_services": 0,
-            "total_clients": pool.viewers,
-            "metrics": {
-                "services_created": pool.services_created,
-                "services_destroyed": pool.services_destroyed,
-                "memory_cleanups": warden.memory_cleanups,
-                "client_connections": self.client_connections,
-                "client_disconnections": self.client_disconnections,
-            },
-            "memory": {
-                "rss_mb": round(last.rss_mb, 2) if last else None,
-                "vms_mb": round(last.vms_mb, 2) if last else None,
-                "percent": round(last.percent, 3) if last else None,
-                "limit_mb": warden.limit_mb,
-                "available_mb": round(last.available_mb, 1) if last else None,
-            },
-        }
+    def resource_statistics(self) -> ResourceStatistics:
+        return ResourceStatistics(
+            pool=self.pool.statistics(),
+            warden=self.warden.statistics(),
+            client_connections=self.client_connections,
+            client_disconnections=self.client_disconnections,
+        )
 
     def statistics(self) -> BridgeStatistics:
         limiter = self.limiter.statistics()
@@ -282,8 +295,8 @@ class Bridge:
         return BridgeStatistics(
             timestamp=time.time(),
             ready=self.ready,
-            connection_manager=self.connection_stats(),
-            resource_manager=self.resource_stats(),
+            connection_manager=self.connection_statistics(),
+            resource_manager=self.resource_statistics(),
             rate_limiter=limiter,
             warden=warden,
             allocator=self.trimmer.statistics(),
@@ -334,7 +347,7 @@ async def run_bridge(
                 bridge.begin_drain()
                 with trio.move_on_after(settings.shutdown_grace, shield=True):
                     await bridge.registry.save()
-                bridge.final_statistics = bridge.resource_stats()
+                bridge.final_statistics = bridge.resource_statistics()
                 log.debug("final statistics: %s", bridge.final_statistics)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -342,4 +355,13 @@ async def run_bridge(
         raise error from error.__cause__  # its own cause, not the group around it
 
 
-__all__ = ["Bridge", "BridgeStatistics", "DeviceError", "Kpis", "run_bridge"]
+__all__ = [
+    "Bridge",
+    "BridgeStatistics",
+    "ConnectionStatistics",
+    "DeviceError",
+    "Kpis",
+    "ResourceStatistics",
+    "SessionConnections",
+    "run_bridge",
+]

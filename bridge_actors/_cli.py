@@ -29,6 +29,7 @@ from ._errors import BridgeError, InvalidSettings
 from ._logconfig import announce, configure_logging
 from ._open import open_bridge
 from ._server.serve import open_listening_socket, serve
+from ._server.views import resource_manager
 from ._settings import ENV_NAMES, Settings, load_settings
 
 log = logging.getLogger("bridge_actors.cli")
@@ -191,7 +192,9 @@ async def run_server(settings: Settings) -> None:
                 watchdog.start()
                 stop.set()
             # The last word on what this run did, whatever the log level.
-            announce(f"final statistics: {json.dumps(bridge.final_statistics)}")
+            final = bridge.final_statistics
+            shown = resource_manager(final) if final is not None else None
+            announce(f"final statistics: {json.dumps(shown)}")
     finally:
         watchdog.cancel()
     log.info("stopped")

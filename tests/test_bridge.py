@@ -22,6 +22,12 @@ from bridge_actors import (
 )
 from bridge_actors._backends.jpeg import decode_jpeg
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
+from bridge_actors._server.views import (
+    connection_manager,
+    resource_manager,
+    session_info,
+    session_list_item,
+)
 from bridge_actors._services.sessions import (
     FIRST_CHECK_TIMEOUT,
     HEALTH_CHECK_INTERVAL,
@@ -200,7 +206,7 @@ async def test_memory_warden_stops_idle_captures_and_never_one_with_viewers(
             await trio.sleep(0.1)
             services = {s.device.udid: s for s in bridge.pool.services()}
             assert list(services) == [bridge.get_session(watched).device.udid]
-            assert bridge.resource_stats()["metrics"]["memory_cleanups"] == 1
+            assert resource_manager(bridge.resource_statistics())["metrics"]["memory_cleanups"] == 1
             assert bridge.ready
 
             probe.rss_mb = 1200  # critical: readiness false, no new capture may start
@@ -270,9 +276,9 @@ async def test_deleting_a_session_ends_its_viewers_connections_and_capture(
                 async with bridge.connect(sid, "video", "127.0.0.1"):
                     pass
             nursery.cancel_scope.cancel()
-        stats = bridge.connection_stats()
+        stats = connection_manager(bridge.connection_statistics())
         assert sid not in stats["sessions"]
-        metrics = bridge.resource_stats()["metrics"]
+        metrics = resource_manager(bridge.resource_statistics())["metrics"]
         assert metrics["client_connections"] == metrics["client_disconnections"] == 4
 
 
@@ -326,7 +332,7 @@ async def test_rate_limits_and_caps_refuse_without_consuming(tmp_path, autojump_
             with pytest.raises(SessionFull):
                 async with bridge.connect(sid, "video", "10.0.0.2"):
                     pass
-            stats = bridge.connection_stats()["sessions"][sid]
+            stats = connection_manager(bridge.connection_statistics())["sessions"][sid]
             assert stats["active_connections"] == 3
             assert stats["connection_types"] == {"video": 1, "control": 1, "logs": 1}
         for _ in range(2):
@@ -451,9 +457,9 @@ async def test_a_thousand_connect_disconnect_cycles_balance_and_leave_nothing(
             async with trio.open_nursery() as nursery:
                 for i in range(20):
                     nursery.start_soon(cycle, batch * 20 + i)
-        metrics = bridge.resource_stats()["metrics"]
+        metrics = resource_manager(bridge.resource_statistics())["metrics"]
         assert metrics["client_connections"] == metrics["client_disconnections"] == 1000
-        assert bridge.connection_stats()["total_connections"] == 0
+        assert connection_manager(bridge.connection_statistics())["total_connections"] == 0
         assert bridge.pool.statistics().viewers == 0
         assert bridge.pool.statistics().reuse_rate > 0.99
         await trio.sleep(10)  # past the idle timeout
@@ -504,23 +510,26 @@ async def test_the_session_keeps_its_device_state_fresh_without_views_asking(aut
     async with trio.open_nursery() as nursery:
         session = await nursery.start(Session("s1", device, backend).run)
         checked = trio.current_time()  # the session asked once, before it was shown
-        assert session.info()["state"] == "Booted" and session.list_item()["status"] == "healthy"
+        assert (
+            session_info(session)["state"] == "Booted"
+            and session_list_item(session)["status"] == "healthy"
+        )
 
         await backend.delete_device(session.device)  # the device vanishes behind its back
         await trio.sleep_until(checked + HEALTH_CHECK_INTERVAL - 0.1)
-        assert session.list_item()["state"] == "Booted"  # a view reads, it never asks
+        assert session_list_item(session)["state"] == "Booted"  # a view reads, it never asks
         await trio.sleep_until(checked + HEALTH_CHECK_INTERVAL + 0.1)
-        assert session.list_item()["state"] == "Missing"
-        assert session.list_item()["status"] == "offline"
+        assert session_list_item(session)["state"] == "Missing"
+        assert session_list_item(session)["status"] == "offline"
 
         await backend.restore_device(session.device)
         backend.hang = True  # and now the backend stops answering at all
         hung_from = checked + 2 * HEALTH_CHECK_INTERVAL
         await trio.sleep_until(hung_from + HEALTH_CHECK_TIMEOUT - 0.1)
-        assert session.info()["state"] == "Missing"  # still the last answer
+        assert session_info(session)["state"] == "Missing"  # still the last answer
         await trio.sleep_until(hung_from + HEALTH_CHECK_TIMEOUT + 0.1)
-        assert session.info()["state"] == "Unknown"
-        assert session.info()["status"] == "offline"
+        assert session_info(session)["state"] == "Unknown"
+        assert session_info(session)["status"] == "offline"
         session.end()
 
 
@@ -532,8 +541,14 @@ async def test_a_first_state_check_that_hangs_does_not_hold_up_the_session(autoj
         asked = trio.current_time()
         session = await nursery.start(Session("s1", device, backend).run)
         assert trio.current_time() - asked == pytest.approx(FIRST_CHECK_TIMEOUT)
-        assert (session.info()["state"], session.info()["status"]) == ("Unknown", "offline")
+        assert (session_info(session)["state"], session_info(session)["status"]) == (
+            "Unknown",
+            "offline",
+        )
         backend.hang = False
         await trio.sleep_until(asked + FIRST_CHECK_TIMEOUT + HEALTH_CHECK_INTERVAL + 0.1)
-        assert (session.info()["state"], session.info()["status"]) == ("Booted", "healthy")
+        assert (session_info(session)["state"], session_info(session)["status"]) == (
+            "Booted",
+            "healthy",
+        )
         session.end()

@@ -357,7 +357,7 @@ async def test_a_slash_redirect_answers_json(server):
 
 
 async def test_the_reference_documents_every_route(server):
-    from bridge_actors._server.app import CreateSessionBody
+    from bridge_actors._server.fields import CreateSessionBody
 
     response = await server.http.get("/openapi.json")
     assert response.status_code == 200

@@ -25,6 +25,7 @@ from bridge_actors import BridgeError, DeviceError, DeviceInfo, open_bridge
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 from bridge_actors._cli import main
 from bridge_actors._errors import DeleteFailed
+from bridge_actors._server.views import held_session_list_item
 from bridge_actors._services.sessions import (
     BACKEND_DISABLED,
     DELETE_FAILED,
@@ -210,7 +211,7 @@ async def test_an_unrestored_session_is_kept_listed_and_retried_with_backoff(
         [held] = bridge.list_held_sessions()
         assert (held.session_id, held.state) == ("keep-a", UNRESTORED)
         assert "the device server is not answering" in held.reason
-        assert held.list_item()["state"] == UNRESTORED
+        assert held_session_list_item(held)["state"] == UNRESTORED
         stats = bridge.statistics().sessions
         assert (stats.unrestored, stats.restored) == (1, 1)
         assert stats.held[0].attempts == 1

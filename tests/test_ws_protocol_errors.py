@@ -15,6 +15,8 @@ import trio
 from conftest import open_ws
 from test_server_ws import wait_until
 
+from bridge_actors._server.views import connection_manager
+
 PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
 MESSAGE_TOO_BIG = 1009
@@ -165,7 +167,11 @@ async def test_a_message_too_big_ends_the_connection_and_the_handler(tmp_path):
                 while await sock.recv(65536):
                     pass  # until the server closes the connection
         # The handler ended too: its connection slot is free.
-        await wait_until(lambda: server.bridge.connection_stats()["total_connections"] == 0)
+        await wait_until(
+            lambda: (
+                connection_manager(server.bridge.connection_statistics())["total_connections"] == 0
+            )
+        )
 
 
 async def test_a_client_that_never_answers_the_1009_does_not_keep_the_connection(

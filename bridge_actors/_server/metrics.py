@@ -65,7 +65,7 @@ class BridgeCollector(Collector):
 
     def _connections(self, stats) -> Iterator[Metric]:
         limiter = stats.rate_limiter
-        resources = stats.resource_manager["metrics"]
+        resources = stats.resource_manager
         yield _gauge(
             "bridge_connections_active",
             "Admitted connections open now.",
@@ -96,12 +96,12 @@ class BridgeCollector(Collector):
         yield _counter(
             "bridge_client_connections",
             "Client connections opened.",
-            resources["client_connections"],
+            resources.client_connections,
         )
         yield _counter(
             "bridge_client_disconnections",
             "Client connections closed.",
-            resources["client_disconnections"],
+            resources.client_disconnections,
         )
 
     def _captures(self, stats) -> Iterator[Metric]:

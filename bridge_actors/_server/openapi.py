@@ -55,6 +55,11 @@ def _openapi_path(rule: str) -> str:
     return _PARAMETER.sub(r"{\1}", rule)
 
 
+def _operation_id(endpoint: str) -> str:
+    """The view's own name: which blueprint holds a route is not part of the API."""
+    return endpoint.rpartition(".")[2]
+
+
 def _docstring(view: Callable[..., Any], endpoint: str) -> tuple[str, str]:
     doc = inspect.getdoc(view) or endpoint.replace("_", " ")
     summary, _, description = doc.partition("\n\n")
@@ -62,9 +67,9 @@ def _docstring(view: Callable[..., Any], endpoint: str) -> tuple[str, str]:
 
 
 def _operation(rule, view: Callable[..., Any], tag: str) -> dict[str, Any]:
-    summary, description = _docstring(view, rule.endpoint)
+    summary, description = _docstring(view, _operation_id(rule.endpoint))
     operation: dict[str, Any] = {
-        "operationId": rule.endpoint,
+        "operationId": _operation_id(rule.endpoint),
         "summary": summary,
         "tags": [tag],
     }

@@ -30,7 +30,9 @@ from quart_trio import QuartTrio
 from .._bridge import Bridge
 from .._checks import one_exception
 from .._settings import Settings
-from .app import ProbeFastPath, app_state, create_app
+from .app import create_app
+from .probes import ProbeFastPath
+from .state import app_state
 from .worker import worker_serve
 from .wsclose import install as install_ws_close
 
@@ -131,13 +133,13 @@ class _Server:
         self.stop.set()
 
     async def run_hypercorn(self, config: Config, *, task_status) -> None:
-        front = ProbeFastPath(self.app)
+        probes = app_state(self.app).probes
         try:
             await worker_serve(
-                front,
+                ProbeFastPath(self.app, probes),
                 config,
                 [self.listener],
-                front.probes,
+                probes,
                 shutdown_trigger=self.stop.wait,
                 header_timeout=self.bridge.settings.header_timeout,
                 body_timeout=self.bridge.settings.body_timeout,

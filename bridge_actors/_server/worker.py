@@ -15,8 +15,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Container
+from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config
@@ -29,9 +29,10 @@ from hypercorn.utils import wrap_app
 from .abort import OpenConnections
 from .connection import CompleteResponses, Connection, json_response_bytes
 
-log = logging.getLogger("bridge_actors.server")
+if TYPE_CHECKING:
+    from .probes import Probes
 
-Probe = Callable[[], tuple[dict[str, Any], int]]
+log = logging.getLogger("bridge_actors.server")
 
 _IGNORABLE_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -42,8 +43,9 @@ _PEEK_BYTES = 2048
 ACCEPT_BATCH = 256
 
 
-def probe_request(data: bytes, probes: dict[str, Probe]) -> tuple[str, str, int] | None:
-    """``(method, path, header length)`` if ``data`` holds one whole probe request."""
+def probe_request(data: bytes, probes: Container[str]) -> tuple[str, str, int] | None:
+    """``(method, path, header length)`` if ``data`` holds one whole request for a path in
+    ``probes``."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -64,7 +66,7 @@ def probe_response(method: str, body: dict[str, Any], status: int) -> bytes:
     return json_response_bytes(status, body, head_only=method == "HEAD")
 
 
-def _answer_probe_at_once(conn: socket.socket, probes: dict[str, Probe]) -> bool:
+def _answer_probe_at_once(conn: socket.socket, probes: Probes) -> bool:
     """Answer a probe request already waiting on ``conn``; False leaves ``conn`` untouched."""
     try:
         data = conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
@@ -74,7 +76,7 @@ def _answer_probe_at_once(conn: socket.socket, probes: dict[str, Probe]) -> bool
     if request is None:
         return False
     method, path, length = request
-    body, status = probes[path]()
+    body, status = probes.answer(path)
     try:
         conn.recv(length)  # consume the request, so that closing sends FIN, not RST
         conn.send(probe_response(method, body, status))  # a new socket takes it whole
@@ -87,7 +89,7 @@ def _answer_probe_at_once(conn: socket.socket, probes: dict[str, Probe]) -> bool
 async def _accept_loop(
     listener: socket.socket,
     start_connection: Callable[[socket.socket], None],
-    probes: dict[str, Probe],
+    probes: Probes,
 ) -> None:
     while True:
         await trio.lowlevel.wait_readable(listener)  # a scheduling round between batches
@@ -113,7 +115,7 @@ async def worker_serve(
     app: Any,
     config: Config,
     listeners: list[socket.socket],
-    probes: dict[str, Probe],
+    probes: Probes,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
     header_timeout: float,

@@ -5,7 +5,7 @@ refused client always learns why from a close code instead of a silent socket.
 What a socket does after admission runs inside the connection's lifeline:
 deleting the session, evicting the viewer or stopping the capture ends it with
 a plain exception, which :func:`close_for` turns into the close code of
-PROTOCOL.md. The decisions (close codes, frame text, log filters, rates) are
+docs/protocol.md. The decisions (close codes, frame text, log filters, rates) are
 plain functions and classes; the handlers only move bytes.
 """
 
@@ -60,6 +60,7 @@ from .json_codec import decode_json, encode_json
 log = logging.getLogger("bridge_actors.ws")
 
 __all__ = [
+    "BadMessages",
     "Close",
     "LogFilter",
     "OpenSockets",
@@ -183,6 +184,28 @@ def decode_message(message: str | bytes | None) -> dict[str, Any]:
     if not isinstance(decoded, dict):
         raise BadInput("message", "must be a JSON object")
     return decoded
+
+
+class BadMessages:
+    """How many bad messages a client sent in a row; ``MAX_BAD_MESSAGES`` of them end its socket.
+
+    Every bad message is answered (so a client can correct itself), but a client
+    that only ever sends garbage holds a socket for nothing and is let go with 1008.
+    """
+
+    __slots__ = ("in_a_row",)
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def good(self) -> None:
+        self.in_a_row = 0
+
+    def bad(self) -> None:
+        """Count one more bad message; raises BadInput once there were too many in a row."""
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_BAD_MESSAGES:
+            raise BadInput("message", f"{self.in_a_row} bad messages in a row")
 
 
 def error_text(error: BadInput | DeviceError | str) -> str:
@@ -344,15 +367,16 @@ class SocketHandlers:
 
     async def control(self, session_id: str) -> None:
         async def body(ws, sid: str, _guard: Guard) -> None:
-            bad = 0
+            bad = BadMessages()
             while True:
                 message = await ws.receive()
                 reply, ok = await self._control_one(sid, message)
-                bad = 0 if ok else bad + 1
                 if reply is not None:
                     await ws.send(reply)
-                if bad >= MAX_BAD_MESSAGES:
-                    raise BadInput("message", f"{bad} bad messages in a row")
+                if ok:
+                    bad.good()
+                else:
+                    bad.bad()
 
         await self._serve("control", session_id, body)
 
@@ -373,7 +397,7 @@ class SocketHandlers:
     async def screenshot(self, session_id: str) -> None:
         async def body(ws, sid: str, _guard: Guard) -> None:
             await ws.send(await self._screenshot_text(sid))
-            bad = 0
+            bad = BadMessages()
             while True:
                 message = await ws.receive()
                 try:
@@ -383,12 +407,10 @@ class SocketHandlers:
                         event = parse_control(normalize_control(decoded))
                         await self.bridge.control(sid, event)
                 except (BadInput, DeviceError) as error:
-                    bad += 1
-                    if bad >= MAX_BAD_MESSAGES:
-                        raise BadInput("message", f"{bad} bad messages in a row") from None
+                    bad.bad()
                     await ws.send(error_text(error))
                     continue
-                bad = 0
+                bad.good()
                 await ws.send(await self._screenshot_text(sid))
 
         await self._serve("screenshot", session_id, body)
@@ -426,7 +448,7 @@ class SocketHandlers:
 
 
 async def _log_requests(ws, wanted: LogFilter) -> None:
-    bad = 0
+    bad = BadMessages()
     while True:
         message = await ws.receive()
         try:
@@ -439,12 +461,10 @@ async def _log_requests(ws, wanted: LogFilter) -> None:
             else:
                 raise BadInput("type", f"must be 'filter' or 'clear', not {kind!r}")
         except BadInput as error:
-            bad += 1
-            if bad >= MAX_BAD_MESSAGES:
-                raise BadInput("message", f"{bad} bad messages in a row") from None
+            bad.bad()
             await ws.send(error_text(error))
             continue
-        bad = 0
+        bad.good()
         await ws.send(encode_json(reply))
 
 

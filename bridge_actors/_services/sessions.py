@@ -20,7 +20,6 @@ import math
 import re
 import secrets
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,55 +214,6 @@ class Session:
     def input_applied(self, input_seq: int) -> None:
         self.applied_input_seq = max(self.applied_input_seq, input_seq)
 
-    # -- views -------------------------------------------------------------------------------
-
-    @property
-    def status(self) -> str:
-        return "healthy" if self.accessible else "offline"
-
-    def connection_stats(self) -> dict[str, Any]:
-        return {
-            "total_connections": self.total_connections,
-            "active_connections": len(self.connections),
-            "connection_types": dict(Counter(c.kind for c in self.connections.values())),
-            "first_connection": self.first_connection,
-            "last_connection": self.last_connection,
-        }
-
-    def list_item(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "device_type": self.device.device_type,
-            "ios_version": self.device.ios_version,
-            "udid": self.device.udid,
-            "created_at": self.created_at,
-            "uptime": max(0.0, time.time() - self.created_at),
-            "installed_apps_count": 0,
-            "state": self.state,
-            "pid": None,
-            "status": self.status,
-        }
-
-    def info(self) -> dict[str, Any]:
-        d = self.device
-        return {
-            "session_id": self.session_id,
-            "device_type": d.device_type,
-            "ios_version": d.ios_version,
-            "udid": d.udid,
-            "device_name": d.name,
-            "created_at": self.created_at,
-            "uptime": max(0.0, time.time() - self.created_at),
-            "pid": None,
-            "state": self.state,
-            "device_width": d.point_width,
-            "device_height": d.point_height,
-            "stream_width": d.pixel_width,
-            "stream_height": d.pixel_height,
-            "installed_apps": {},
-            "status": self.status,
-        }
-
     def to_record(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
@@ -291,21 +241,6 @@ class HeldSession:
     attempts: int = 0
     next_attempt_at: float | None = None  # trio time of the next restore attempt
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-
-    def list_item(self) -> dict[str, Any]:
-        """The shape of ``Session.list_item``, so a client lists it like any session."""
-        return {
-            "session_id": self.session_id,
-            "device_type": self.device.device_type,
-            "ios_version": self.device.ios_version,
-            "udid": self.device.udid,
-            "created_at": self.created_at,
-            "uptime": 0.0,
-            "installed_apps_count": 0,
-            "state": self.state,
-            "pid": None,
-            "status": "offline",
-        }
 
     def statistics(self) -> HeldStatistics:
         next_in = None

@@ -1,0 +1,11 @@
+"""The app's routes, one blueprint per part of the API; :func:`~.app.create_app` composes them."""
+
+from .extras import extras
+from .monitoring import monitoring
+from .sessions import sessions
+from .sockets import sockets
+from .viewer import viewer
+
+BLUEPRINTS = (viewer, monitoring, sessions, extras, sockets)
+
+__all__ = ["BLUEPRINTS"]

@@ -1,0 +1,131 @@
+"""The session routes of ``/api/sessions``: configurations, create, list, info, delete.
+
+Each route translates between HTTP and the bridge and nothing more: the bodies
+are :mod:`..views`, the checks :mod:`..fields`, the errors the app's handlers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, request
+
+from ..._errors import RateLimited, SessionNotFound
+from .. import views
+from ..fields import CreateSessionBody, force_flag, request_fields, session_request
+from ..forwarded import connection_client
+from ..openapi import request_body
+from ..responses import json_response, redirect_response
+from ..state import AppState, current_state
+
+__all__ = ["sessions"]
+
+sessions = Blueprint("sessions", __name__)
+
+
+@sessions.get("/api/sessions/configurations")
+async def configurations() -> dict[str, Any]:
+    """The device types and versions sessions can be created with, over every backend."""
+    config = await current_state().bridge.configurations()
+    return {
+        "success": True,
+        "configurations": {
+            "device_types": list(config.device_types),
+            "ios_versions": list(config.ios_versions),
+        },
+    }
+
+
+@sessions.post("/api/sessions/create")
+@request_body(CreateSessionBody)
+async def create_session() -> tuple[dict[str, Any], int] | Response:
+    """Create a session: a device of ``device_type`` running ``ios_version``.
+
+    Rate limited per client address (429 with ``retry_after``)."""
+    state = current_state()
+    fields = await request_fields()
+    device_type, ios_version = session_request(fields, await state.bridge.configurations())
+    refusal = _refused_creation(state)
+    if refusal is not None:
+        return refusal
+    session = await state.bridge.create_session(device_type, ios_version)
+    info = views.session_info(session)
+    body = {"success": True, "session_id": session.session_id, "session_info": info}
+    return body, 200
+
+
+def _refused_creation(state: AppState) -> Response | None:
+    """The 429 answer if this client address created too many sessions lately, else None."""
+    client = connection_client(request, state.bridge.settings.trusted_proxies)
+    try:
+        state.creations.consume(client, trio.current_time())
+    except RateLimited as refusal:
+        state.creations_refused += 1
+        wait = max(1, math.ceil(refusal.retry_after))
+        body = {
+            "success": False,
+            "detail": f"too many sessions created from this address; retry after {wait} s",
+            "retry_after": wait,
+        }
+        return json_response(body, 429, {"Retry-After": str(wait)})
+    return None
+
+
+@sessions.route("/api/sessions", methods=["GET", "DELETE"])
+async def sessions_without_slash() -> Response:
+    """Redirects (307, method kept) to ``/api/sessions/``."""
+    target = "/api/sessions/"
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
+    return redirect_response(target, 307)
+
+
+@sessions.get("/api/sessions/")
+async def list_sessions() -> dict[str, Any]:
+    """Every session, held ones (not running: unrestored, delete failed) included."""
+    bridge = current_state().bridge
+    items = [views.session_list_item(s) for s in bridge.list_sessions()]
+    items += [views.held_session_list_item(held) for held in bridge.list_held_sessions()]
+    return {"success": True, "sessions": items}
+
+
+@sessions.delete("/api/sessions/")
+async def delete_all_sessions() -> dict[str, Any]:
+    """Delete every session and its device (``?force=true`` forgets undeletable ones)."""
+    count = await current_state().bridge.delete_all_sessions(force=force_flag())
+    return {"success": True, "deleted_count": count, "message": f"Deleted {count} sessions"}
+
+
+@sessions.post("/api/sessions/recover-orphaned")
+async def recover_orphaned() -> dict[str, Any]:
+    """Adopt devices this server created earlier that no session holds."""
+    count = await current_state().bridge.recover_orphaned()
+    return {
+        "success": True,
+        "message": f"Recovered {count} orphaned simulator sessions",
+        "recovered_count": count,
+    }
+
+
+@sessions.get("/api/sessions/<session_id>")
+async def session_info(session_id: str) -> dict[str, Any]:
+    """One session, with its device size."""
+    info = views.session_info(current_state().bridge.get_session(session_id))
+    return {
+        "success": True,
+        "session": info,
+        "device_width": info["device_width"],
+        "device_height": info["device_height"],
+    }
+
+
+@sessions.delete("/api/sessions/<session_id>")
+async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
+    """Delete one session and its device."""
+    try:
+        await current_state().bridge.delete_session(session_id, force=force_flag())
+    except SessionNotFound:
+        return {"success": False, "detail": "Session not found"}, 404
+    return {"success": True, "message": f"Session {session_id} deleted"}, 200

@@ -1,0 +1,63 @@
+"""What the routes of one app share, kept in the app itself.
+
+The blueprints are module-level and may serve several apps in one process (the
+tests run many); each route finds its bridge through the app that runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import CollectorRegistry
+from quart import current_app
+from quart_trio import QuartTrio
+
+from .._bridge import Bridge
+from .._services.ratelimit import SlidingWindow
+from .abort import StuckSockets
+from .metrics import make_registry
+from .probes import Probes
+from .ws import OpenSockets, SocketHandlers
+
+__all__ = ["AppState", "app_state", "current_state"]
+
+_EXTENSION = "bridge_actors"
+
+
+@dataclasses.dataclass(eq=False)
+class AppState:
+    """What the routes of one app share: the bridge, its sockets, its counters."""
+
+    bridge: Bridge
+    sockets: OpenSockets = dataclasses.field(default_factory=OpenSockets)
+    stuck: StuckSockets = dataclasses.field(default_factory=StuckSockets)
+    creations_refused: int = 0
+    creations: SlidingWindow = dataclasses.field(init=False)
+    handlers: SocketHandlers = dataclasses.field(init=False)
+    probes: Probes = dataclasses.field(init=False)
+    metrics: CollectorRegistry = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        per_minute = self.bridge.settings.create_sessions_per_minute
+        self.creations = SlidingWindow(limit=per_minute, window=60.0)
+        self.handlers = SocketHandlers(self.bridge, self.sockets, self.stuck)
+        self.probes = Probes(self)
+        self.metrics = make_registry(self.bridge, self.extra_metrics)
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {
+            "session_creations_refused": self.creations_refused,
+            "stuck_connections_reset": self.stuck.reset,
+        }
+
+    def install(self, app: QuartTrio) -> None:
+        app.extensions[_EXTENSION] = self
+
+
+def app_state(app: QuartTrio) -> AppState:
+    return app.extensions[_EXTENSION]
+
+
+def current_state() -> AppState:
+    """The state of the app serving the current request or WebSocket."""
+    return app_state(current_app)  # type: ignore[arg-type]
