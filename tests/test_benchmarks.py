@@ -168,7 +168,7 @@ SCENARIOS = {
     "memory": ["--memory-viewers", "5", "--duration", "0.5", "--no-plots"],
     "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
              "--keep-alive-timeout", "1", "--no-plots"],
-    "rounds": ["--rounds", "1", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
+    "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
 }  # fmt: skip
 
 
@@ -319,8 +319,10 @@ def test_http_measures_each_part_and_the_descriptors_after_it(runs):
 
 def test_rounds_records_the_rss_after_each_round(runs):
     rows = _kind(runs["rounds"], "row")
-    assert [r["round"] for r in rows] == ["warm-up", "1"]
+    assert [r["round"] for r in rows] == ["warm-up", "1", "2"]
     assert all(r["connected"] == 3 and r["rss_mb"] > 0 for r in rows)
     assert rows[1]["rss_vs_baseline_mb"] is not None
+    assert rows[2]["rss_vs_first_mb"] == round(rows[2]["rss_mb"] - rows[1]["rss_mb"], 1)
     names = {t["name"] for t in _kind(runs["rounds"], "target")}
-    assert "round 1: server RSS after it vs before round 1" in names
+    assert "round 2: server RSS after it vs after round 1" in names
+    assert "round 2: server RSS after it vs after the round before" in names
