@@ -12,6 +12,8 @@ import io
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -431,11 +433,20 @@ class RecordingSink:
             await self._changed.wait()
 
 
+@asynccontextmanager
+async def capturing(
+    backend: DeviceBackend, device: DeviceInfo, sink: FrameSink, fps: int = 30
+) -> AsyncIterator[None]:
+    """Run a capture into ``sink`` while the block runs; cancel it when the block ends."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def capture_until(
     backend: DeviceBackend, device: DeviceInfo, sink: RecordingSink, count: int, fps: int = 30
 ) -> None:
     """Run a capture until ``count`` frames are published, then cancel it."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+    async with capturing(backend, device, sink, fps):
         await sink.wait_for(count)
-        nursery.cancel_scope.cancel()

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 import trio
-from fakes import RecordingSink, capture_until
+from fakes import RecordingSink, capture_until, capturing
 
 from bridge_actors import BadInput, DeviceBackend, DeviceError, InvalidSettings, Tap
 from bridge_actors._backends.jpeg import decode_jpeg
@@ -294,12 +294,10 @@ async def test_frame_count_follows_the_clock_at_the_source_rate(clip, autojump_c
     device = await media.create_device("clip", MEDIA_VERSION)
     sink = RecordingSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await trio.sleep(3.05)
             assert len(sink.frames) == 31  # t = 0.0, 0.1, ..., 3.0
             assert media.statistics().devices[0].fps_in == RATE
-            nursery.cancel_scope.cancel()
 
 
 class GatedSink(RecordingSink):
@@ -320,14 +318,12 @@ async def test_nothing_is_decoded_for_nobody_and_viewers_get_real_time_not_a_bac
     device = await media.create_device("clip", MEDIA_VERSION)
     sink = GatedSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await trio.sleep(5)
             assert sink.frames == []
             arrived = trio.current_time()
             sink.viewers.set()
             await sink.wait_for(3)
-            nursery.cancel_scope.cancel()
     times = [at - arrived for at, _, _ in sink.frames]
     assert times == pytest.approx([0.0, 0.1, 0.2])
     assert [frame_index(jpeg) for _, jpeg, _ in sink.frames] == [0, 1, 2]
@@ -411,12 +407,10 @@ async def test_screenshot_during_capture_is_the_frame_viewers_saw(clip, autojump
     device = await media.create_device("clip", MEDIA_VERSION)
     sink = RecordingSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await sink.wait_for(3)
             shot = await media.screenshot(device)
             assert shot.data == sink.frames[-1][1]
-            nursery.cancel_scope.cancel()
 
 
 async def test_controls_are_accepted_and_change_nothing(clip):
