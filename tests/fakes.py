@@ -21,7 +21,7 @@ import psutil
 import trio
 from PIL import Image
 
-from bridge_actors import DeviceBackend, DeviceInfo, FrameSink, Settings
+from bridge_actors import DeviceBackend, DeviceInfo, Frame, FrameSink, Settings
 from bridge_actors._backends.processes import ProcessCensus
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 
@@ -406,6 +406,32 @@ def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def make_frame(
+    seq: int = 1,
+    *,
+    timestamp: float = 1_700_000_000.25,
+    captured_at: float = 0.0,
+    jpeg: bytes = b"\xff\xd8jpeg",
+    pixel_width: int = 390,
+    pixel_height: int = 844,
+    point_width: int = 390,
+    point_height: int = 844,
+    input_seq: int = 0,
+) -> Frame:
+    """A frame of an iPhone-sized screen; name only the fields a test looks at."""
+    return Frame(
+        seq=seq,
+        timestamp=timestamp,
+        captured_at=captured_at,
+        jpeg=jpeg,
+        pixel_width=pixel_width,
+        pixel_height=pixel_height,
+        point_width=point_width,
+        point_height=point_height,
+        input_seq=input_seq,
+    )
 
 
 class RecordingSink:

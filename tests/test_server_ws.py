@@ -16,12 +16,12 @@ from conftest import (
     running_server,
     stalled_viewer,
 )
+from fakes import make_frame
 
 from bridge_actors import (
     BadInput,
     CaptureFailed,
     CaptureStopped,
-    Frame,
     LogLine,
     RateLimited,
     ServerBusy,
@@ -482,17 +482,7 @@ def test_close_codes():
 
 
 def test_video_frame_text_is_json_in_protocol_order():
-    frame = Frame(
-        seq=7,
-        timestamp=1700000000.25,
-        captured_at=3.0,
-        jpeg=b"\xff\xd8jpeg",
-        pixel_width=390,
-        pixel_height=844,
-        point_width=390,
-        point_height=844,
-        input_seq=2,
-    )
+    frame = make_frame(7, timestamp=1700000000.25, captured_at=3.0, input_seq=2)
     message = json.loads(video_frame_text(frame, 3, 30))
     assert list(message) == FRAME_KEYS
     assert message == {
