@@ -408,6 +408,29 @@ def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
     return True
 
 
+SIMULATED_DEVICE = "iPhone 15 (simulated)"
+SIMULATED_VERSION = "18.0"
+
+
+def device_record(udid: str, /, **changes: object) -> dict:
+    """A simulated iPhone's device record as a session file holds it; ``changes`` replace
+    or add fields."""
+    record = {
+        "udid": udid,
+        "name": f"bridge-{SIMULATED_DEVICE}-{udid[:8]}",
+        "device_type": SIMULATED_DEVICE,
+        "ios_version": SIMULATED_VERSION,
+        "point_width": 390,
+        "point_height": 844,
+        "pixel_width": 390,
+        "pixel_height": 844,
+        "backend": "simulated",
+        "source": "",
+    }
+    record.update(changes)
+    return record
+
+
 def make_frame(
     seq: int = 1,
     *,
