@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -431,30 +432,22 @@ def device_record(udid: str, /, **changes: object) -> dict:
     return record
 
 
-def make_frame(
-    seq: int = 1,
-    *,
-    timestamp: float = 1_700_000_000.25,
-    captured_at: float = 0.0,
-    jpeg: bytes = b"\xff\xd8jpeg",
-    pixel_width: int = 390,
-    pixel_height: int = 844,
-    point_width: int = 390,
-    point_height: int = 844,
-    input_seq: int = 0,
-) -> Frame:
+# An iPhone-sized screen, one pixel per point.
+_FRAME_FIELDS = {
+    "timestamp": 1_700_000_000.25,
+    "captured_at": 0.0,
+    "jpeg": b"\xff\xd8jpeg",
+    "pixel_width": 390,
+    "pixel_height": 844,
+    "point_width": 390,
+    "point_height": 844,
+    "input_seq": 0,
+}
+
+
+def make_frame(seq: int = 1, **fields: Any) -> Frame:
     """A frame of an iPhone-sized screen; name only the fields a test looks at."""
-    return Frame(
-        seq=seq,
-        timestamp=timestamp,
-        captured_at=captured_at,
-        jpeg=jpeg,
-        pixel_width=pixel_width,
-        pixel_height=pixel_height,
-        point_width=point_width,
-        point_height=point_height,
-        input_seq=input_seq,
-    )
+    return Frame(seq=seq, **{**_FRAME_FIELDS, **fields})
 
 
 class RecordingSink:
