@@ -8,7 +8,7 @@ import pytest
 import trio
 from fakes import RecordingSink, capture_until, capturing
 
-from bridge_actors import BadInput, DeviceBackend, DeviceError, InvalidSettings, Tap
+from bridge_actors import BadInput, DeviceBackend, DeviceError, DeviceInfo, InvalidSettings, Tap
 from bridge_actors._backends.jpeg import decode_jpeg
 from bridge_actors._backends.media import (
     MEDIA_VERSION,
@@ -60,6 +60,12 @@ def backend(sources, *, inline: bool = True, **kwargs) -> MediaBackend:
         run_in_worker=run_on_event_loop if inline else trio.to_thread.run_sync,
         **kwargs,
     )
+
+
+async def clip_device(clip: str) -> tuple[MediaBackend, DeviceInfo]:
+    """A backend with the test clip as source ``clip``, and a device made from it."""
+    media = backend({"clip": clip})
+    return media, await media.create_device("clip", MEDIA_VERSION)
 
 
 @pytest.fixture
@@ -277,8 +283,7 @@ async def test_capture_publishes_real_decoded_frames_in_real_time(tmp_path, auto
 
 
 async def test_a_file_loops_without_a_gap(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     start = trio.current_time()
     with trio.fail_after(60):
@@ -290,8 +295,7 @@ async def test_a_file_loops_without_a_gap(clip, autojump_clock):
 
 
 async def test_frame_count_follows_the_clock_at_the_source_rate(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     with trio.fail_after(60):
         async with capturing(media, device, sink):
@@ -314,8 +318,7 @@ class GatedSink(RecordingSink):
 async def test_nothing_is_decoded_for_nobody_and_viewers_get_real_time_not_a_backlog(
     clip, autojump_clock
 ):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = GatedSink()
     with trio.fail_after(60):
         async with capturing(media, device, sink):
@@ -330,8 +333,7 @@ async def test_nothing_is_decoded_for_nobody_and_viewers_get_real_time_not_a_bac
 
 
 async def test_the_fps_cap_thins_the_source(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     start = trio.current_time()
     with trio.fail_after(60):
@@ -387,8 +389,7 @@ async def test_a_source_that_disappears_raises_out_of_capture(tmp_path, autojump
 
 
 async def test_capture_refuses_a_bad_fps(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     with pytest.raises(BadInput) as error:
         await media.capture(device, RecordingSink(), fps=0)
     assert error.value.field == "fps"
@@ -403,8 +404,7 @@ async def test_screenshot_grabs_a_frame_when_nobody_captures(clip):
 
 
 async def test_screenshot_during_capture_is_the_frame_viewers_saw(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     with trio.fail_after(60):
         async with capturing(media, device, sink):
@@ -414,14 +414,12 @@ async def test_screenshot_during_capture_is_the_frame_viewers_saw(clip, autojump
 
 
 async def test_controls_are_accepted_and_change_nothing(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     await media.apply_control(device, Tap(1, 2), input_seq=1)
 
 
 async def test_lifecycle_of_a_device_that_lives_only_in_this_process(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     assert await media.is_accessible(device)
     assert await media.list_orphans(frozenset()) == []
     await media.delete_device(device)
@@ -432,8 +430,7 @@ async def test_lifecycle_of_a_device_that_lives_only_in_this_process(clip):
 
 
 async def test_the_log_stream_is_quiet_until_cancelled(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     lines = []
     with trio.move_on_after(30) as scope:
         await media.stream_logs(device, lines.append)
