@@ -143,12 +143,23 @@ class RequestTally:
         }
 
 
+# What a request can fail with short of its time limit; ``_failure`` names each.
+_TRANSPORT_FAILURES = (OSError, EOFError, ProtocolFailure, trio.BrokenResourceError)
+
+
 def _failure(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "closed_early"
     if isinstance(exc, ProtocolFailure):
         return "bad_response"
     return "connection_error"
+
+
+def _tally_reply(tally: RequestTally, status: int, started: float) -> None:
+    if status == 200:
+        tally.answered(started)
+    else:
+        tally.count(f"http_{status}")
 
 
 async def keep_alive_client(
@@ -178,13 +189,10 @@ async def keep_alive_client(
                 reply = await conn.read_by_length()
         except trio.TooSlowError:
             tally.count("timeout")
-        except (OSError, EOFError, ProtocolFailure, trio.BrokenResourceError) as exc:
+        except _TRANSPORT_FAILURES as exc:
             tally.count(_failure(exc))
         else:
-            if reply.status == 200:
-                tally.answered(started)
-            else:
-                tally.count(f"http_{reply.status}")
+            _tally_reply(tally, reply.status, started)
             if reply.reusable:
                 continue
             tally.count("closed_by_server")
@@ -212,13 +220,10 @@ async def close_mode_client(
         except trio.TooSlowError:
             # Typically: the answer came, and the server never closed the connection.
             tally.count("answered_never_closed" if conn and conn.heads else "timeout")
-        except (OSError, EOFError, ProtocolFailure, trio.BrokenResourceError) as exc:
+        except _TRANSPORT_FAILURES as exc:
             tally.count(_failure(exc))
         else:
-            if reply.status == 200:
-                tally.answered(started)
-            else:
-                tally.count(f"http_{reply.status}")
+            _tally_reply(tally, reply.status, started)
         finally:
             if conn is not None:
                 await conn.aclose()

@@ -60,6 +60,24 @@ async def wait_balanced(
 # --- fanout and the ceiling ----------------------------------------------------------------
 
 
+async def ceiling_load(
+    ctx: Context, ceiling: ServerUnderTest, n: int, fmt: str, duration: float, client: str
+) -> LoadOutcome:
+    """``n`` viewers of the minimal broadcaster: what this machine can move at all."""
+    return await viewer_load(
+        ctx,
+        ceiling,
+        scenario="ceiling",
+        run=f"ceiling-{n}-{fmt}",
+        urls=viewer_urls(ceiling, n, fmt),
+        fmt=fmt,
+        duration=duration,
+        client=client,
+        params={"viewers": n},
+        health=False,
+    )
+
+
 async def fanout(
     ctx: Context,
     *,
@@ -86,18 +104,7 @@ async def fanout(
             for n in ns:
                 reference = None
                 if ceiling is not None:
-                    reference = await viewer_load(
-                        ctx,
-                        ceiling,
-                        scenario="ceiling",
-                        run=f"ceiling-{n}-{fmt_}",
-                        urls=viewer_urls(ceiling, n, fmt_),
-                        fmt=fmt_,
-                        duration=duration,
-                        client=client,
-                        params={"viewers": n},
-                        health=False,
-                    )
+                    reference = await ceiling_load(ctx, ceiling, n, fmt_, duration, client)
                 run = f"fanout-{n}-{fmt_}" + (f"-{devices}dev" if devices > 1 else "")
                 outcome = await viewer_load(
                     ctx,
@@ -168,18 +175,7 @@ async def ceiling_only(
     """The minimal broadcaster alone: what this machine can move with these clients."""
     async with ctx.ceiling() as ceiling:
         for n in counts:
-            await viewer_load(
-                ctx,
-                ceiling,
-                scenario="ceiling",
-                run=f"ceiling-{n}-{fmt}",
-                urls=viewer_urls(ceiling, n, fmt),
-                fmt=fmt,
-                duration=duration,
-                client=client,
-                params={"viewers": n},
-                health=False,
-            )
+            await ceiling_load(ctx, ceiling, n, fmt, duration, client)
 
 
 # --- control --------------------------------------------------------------------------------

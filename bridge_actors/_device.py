@@ -161,6 +161,25 @@ class Screenshot:
     point_width: int
     point_height: int
 
+    @classmethod
+    def jpeg_of(
+        cls,
+        device: DeviceInfo,
+        data: bytes,
+        *,
+        pixel_width: int | None = None,
+        pixel_height: int | None = None,
+    ) -> Screenshot:
+        """A JPEG of ``device``: its point size, and its pixel size unless given."""
+        return cls(
+            data=data,
+            format="jpeg",
+            pixel_width=device.pixel_width if pixel_width is None else pixel_width,
+            pixel_height=device.pixel_height if pixel_height is None else pixel_height,
+            point_width=device.point_width,
+            point_height=device.point_height,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LogLine:

@@ -12,14 +12,17 @@ import io
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import trio
 from PIL import Image
 
-from bridge_actors import DeviceBackend, DeviceInfo, FrameSink, Settings
+from bridge_actors import DeviceBackend, DeviceInfo, Frame, FrameSink, Settings
 from bridge_actors._backends.processes import ProcessCensus
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
 
@@ -406,6 +409,47 @@ def helpers_gone(tools: FakeTools, within: float = 2.0) -> bool:
     return True
 
 
+SIMULATED_DEVICE = "iPhone 15 (simulated)"
+SIMULATED_VERSION = "18.0"
+
+
+def device_record(udid: str, /, **changes: object) -> dict:
+    """A simulated iPhone's device record as a session file holds it; ``changes`` replace
+    or add fields."""
+    record = {
+        "udid": udid,
+        "name": f"bridge-{SIMULATED_DEVICE}-{udid[:8]}",
+        "device_type": SIMULATED_DEVICE,
+        "ios_version": SIMULATED_VERSION,
+        "point_width": 390,
+        "point_height": 844,
+        "pixel_width": 390,
+        "pixel_height": 844,
+        "backend": "simulated",
+        "source": "",
+    }
+    record.update(changes)
+    return record
+
+
+# An iPhone-sized screen, one pixel per point.
+_FRAME_FIELDS = {
+    "timestamp": 1_700_000_000.25,
+    "captured_at": 0.0,
+    "jpeg": b"\xff\xd8jpeg",
+    "pixel_width": 390,
+    "pixel_height": 844,
+    "point_width": 390,
+    "point_height": 844,
+    "input_seq": 0,
+}
+
+
+def make_frame(seq: int = 1, **fields: Any) -> Frame:
+    """A frame of an iPhone-sized screen; name only the fields a test looks at."""
+    return Frame(seq=seq, **{**_FRAME_FIELDS, **fields})
+
+
 class RecordingSink:
     """A FrameSink that keeps what it is given, with the trio time of each publish."""
 
@@ -431,11 +475,20 @@ class RecordingSink:
             await self._changed.wait()
 
 
+@asynccontextmanager
+async def capturing(
+    backend: DeviceBackend, device: DeviceInfo, sink: FrameSink, fps: int = 30
+) -> AsyncIterator[None]:
+    """Run a capture into ``sink`` while the block runs; cancel it when the block ends."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def capture_until(
     backend: DeviceBackend, device: DeviceInfo, sink: RecordingSink, count: int, fps: int = 30
 ) -> None:
     """Run a capture until ``count`` frames are published, then cancel it."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: backend.capture(device, sink, fps=fps))
+    async with capturing(backend, device, sink, fps):
         await sink.wait_for(count)
-        nursery.cancel_scope.cancel()

@@ -1,22 +1,18 @@
 """The fan-out drop policy, driven without an event loop."""
 
 import pytest
+from fakes import make_frame
 
 from bridge_actors import Frame, ViewerEvicted
 from bridge_actors._services.fanout import Fanout, ViewerSlot
 
 
 def frame(seq: int) -> Frame:
-    return Frame(
-        seq=seq,
+    return make_frame(
+        seq,
         timestamp=1000.0 + seq,
         captured_at=float(seq),
         jpeg=b"\xff\xd8" + bytes([seq % 256]) + b"\xff\xd9",
-        pixel_width=390,
-        pixel_height=844,
-        point_width=390,
-        point_height=844,
-        input_seq=0,
     )
 
 

@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 import trio
-from fakes import RecordingSink, capture_until
+from fakes import RecordingSink, capture_until, capturing
 
-from bridge_actors import BadInput, DeviceBackend, DeviceError, InvalidSettings, Tap
+from bridge_actors import BadInput, DeviceBackend, DeviceError, DeviceInfo, InvalidSettings, Tap
 from bridge_actors._backends.jpeg import decode_jpeg
 from bridge_actors._backends.media import (
     MEDIA_VERSION,
@@ -60,6 +60,12 @@ def backend(sources, *, inline: bool = True, **kwargs) -> MediaBackend:
         run_in_worker=run_on_event_loop if inline else trio.to_thread.run_sync,
         **kwargs,
     )
+
+
+async def clip_device(clip: str) -> tuple[MediaBackend, DeviceInfo]:
+    """A backend with the test clip as source ``clip``, and a device made from it."""
+    media = backend({"clip": clip})
+    return media, await media.create_device("clip", MEDIA_VERSION)
 
 
 @pytest.fixture
@@ -277,8 +283,7 @@ async def test_capture_publishes_real_decoded_frames_in_real_time(tmp_path, auto
 
 
 async def test_a_file_loops_without_a_gap(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     start = trio.current_time()
     with trio.fail_after(60):
@@ -290,16 +295,13 @@ async def test_a_file_loops_without_a_gap(clip, autojump_clock):
 
 
 async def test_frame_count_follows_the_clock_at_the_source_rate(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await trio.sleep(3.05)
             assert len(sink.frames) == 31  # t = 0.0, 0.1, ..., 3.0
             assert media.statistics().devices[0].fps_in == RATE
-            nursery.cancel_scope.cancel()
 
 
 class GatedSink(RecordingSink):
@@ -316,26 +318,22 @@ class GatedSink(RecordingSink):
 async def test_nothing_is_decoded_for_nobody_and_viewers_get_real_time_not_a_backlog(
     clip, autojump_clock
 ):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = GatedSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await trio.sleep(5)
             assert sink.frames == []
             arrived = trio.current_time()
             sink.viewers.set()
             await sink.wait_for(3)
-            nursery.cancel_scope.cancel()
     times = [at - arrived for at, _, _ in sink.frames]
     assert times == pytest.approx([0.0, 0.1, 0.2])
     assert [frame_index(jpeg) for _, jpeg, _ in sink.frames] == [0, 1, 2]
 
 
 async def test_the_fps_cap_thins_the_source(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     start = trio.current_time()
     with trio.fail_after(60):
@@ -391,8 +389,7 @@ async def test_a_source_that_disappears_raises_out_of_capture(tmp_path, autojump
 
 
 async def test_capture_refuses_a_bad_fps(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     with pytest.raises(BadInput) as error:
         await media.capture(device, RecordingSink(), fps=0)
     assert error.value.field == "fps"
@@ -407,27 +404,22 @@ async def test_screenshot_grabs_a_frame_when_nobody_captures(clip):
 
 
 async def test_screenshot_during_capture_is_the_frame_viewers_saw(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     sink = RecordingSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: media.capture(device, sink, fps=30))
+        async with capturing(media, device, sink):
             await sink.wait_for(3)
             shot = await media.screenshot(device)
             assert shot.data == sink.frames[-1][1]
-            nursery.cancel_scope.cancel()
 
 
 async def test_controls_are_accepted_and_change_nothing(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     await media.apply_control(device, Tap(1, 2), input_seq=1)
 
 
 async def test_lifecycle_of_a_device_that_lives_only_in_this_process(clip):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     assert await media.is_accessible(device)
     assert await media.list_orphans(frozenset()) == []
     await media.delete_device(device)
@@ -438,8 +430,7 @@ async def test_lifecycle_of_a_device_that_lives_only_in_this_process(clip):
 
 
 async def test_the_log_stream_is_quiet_until_cancelled(clip, autojump_clock):
-    media = backend({"clip": clip})
-    device = await media.create_device("clip", MEDIA_VERSION)
+    media, device = await clip_device(clip)
     lines = []
     with trio.move_on_after(30) as scope:
         await media.stream_logs(device, lines.append)

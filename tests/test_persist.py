@@ -150,6 +150,24 @@ async def test_bad_records_are_refused_and_nothing_is_written(tmp_path: Path) ->
     assert store.statistics().save_requests == 1
 
 
+async def store_holding_old(tmp_path: Path) -> SessionStore:
+    """A store whose file holds one session, ``old``."""
+    store = SessionStore(tmp_path)
+    await store.save([session("old")])
+    return store
+
+
+def fail_with_eio(
+    monkeypatch: pytest.MonkeyPatch, name: str, message: str = "Input/output error"
+) -> None:
+    """Make every call of ``os.<name>`` fail with EIO and ``message``."""
+
+    def failing(*args: object) -> None:
+        raise OSError(errno.EIO, message)
+
+    monkeypatch.setattr(os, name, failing)
+
+
 @pytest.mark.parametrize("filename", ["", ".", "..", "a/b"])
 def test_filename_must_be_plain(tmp_path: Path, filename: str) -> None:
     with pytest.raises(BadInput, match="filename"):
@@ -159,13 +177,9 @@ def test_filename_must_be_plain(tmp_path: Path, filename: str) -> None:
 async def test_failed_rename_keeps_previous_file_and_removes_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SessionStore(tmp_path)
-    await store.save([session("old")])
+    store = await store_holding_old(tmp_path)
 
-    def failing_replace(src: object, dst: object) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
+    fail_with_eio(monkeypatch, "replace")
     with pytest.raises(OSError, match="Input/output"):
         await store.save([session("new")])
     monkeypatch.undo()
@@ -177,15 +191,11 @@ async def test_failed_rename_keeps_previous_file_and_removes_temp(
 async def test_crash_between_write_and_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SessionStore(tmp_path)
-    await store.save([session("old")])
+    store = await store_holding_old(tmp_path)
 
     # A process killed after writing the temp file but before renaming it runs no
     # cleanup at all: make the rename fail and the removal do nothing.
-    def crash(src: object, dst: object) -> None:
-        raise OSError(errno.EIO, "simulated crash")
-
-    monkeypatch.setattr(os, "replace", crash)
+    fail_with_eio(monkeypatch, "replace", "simulated crash")
     monkeypatch.setattr(os, "unlink", lambda path: None)
     with pytest.raises(OSError, match="simulated crash"):
         await store.save([session("new")])
@@ -204,8 +214,7 @@ async def test_crash_between_write_and_rename(
 async def test_crash_in_the_middle_of_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SessionStore(tmp_path)
-    await store.save([session("old")])
+    store = await store_holding_old(tmp_path)
     before = store.path.read_bytes()
     real_write = os.write
     partial_writes = []
@@ -365,8 +374,7 @@ async def test_concurrent_saves_coalesce_and_the_newest_wins(
 async def test_cancelled_save_leaves_no_temp_file_and_queued_saves_still_land(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SessionStore(tmp_path)
-    await store.save([session("old")])
+    store = await store_holding_old(tmp_path)
     gate = FsyncGate(monkeypatch)
     scope = trio.CancelScope()
     queued_done = trio.Event()
@@ -400,8 +408,7 @@ async def test_cancelled_save_leaves_no_temp_file_and_queued_saves_still_land(
 async def test_cancelled_save_alone_keeps_the_previous_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SessionStore(tmp_path)
-    await store.save([session("old")])
+    store = await store_holding_old(tmp_path)
     gate = FsyncGate(monkeypatch)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -423,10 +430,7 @@ async def test_statistics_count_what_happened(
     await store.save([session("a")])
     assert json.loads(store.path.read_bytes())["saved_at"] == EPOCH
 
-    def broken_fsync(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    fail_with_eio(monkeypatch, "fsync")
     with pytest.raises(OSError):
         await store.save([session("b")])
     monkeypatch.undo()

@@ -16,12 +16,12 @@ from conftest import (
     running_server,
     stalled_viewer,
 )
+from fakes import make_frame
 
 from bridge_actors import (
     BadInput,
     CaptureFailed,
     CaptureStopped,
-    Frame,
     LogLine,
     RateLimited,
     ServerBusy,
@@ -203,14 +203,23 @@ async def test_the_session_cap_refuses_with_4009(tmp_path):
             await next_of_type(first, "video_frame")
 
 
+async def create_session(server, device_type: str) -> str:
+    created = await server.http.post(
+        "/api/sessions/create", data={"device_type": device_type, "ios_version": "18.0"}
+    )
+    return created.json()["session_id"]
+
+
+def evicting_server(tmp_path, *, tcp_user_timeout: float):
+    """A 30 fps server that evicts a viewer half a second behind, at full JPEG quality."""
+    return running_server(
+        tmp_path, fps=30, viewer_deadline=0.5, tcp_user_timeout=tcp_user_timeout, jpeg_quality=95
+    )
+
+
 async def test_a_viewer_that_never_reads_is_dropped_while_others_stream(tmp_path):
-    async with running_server(
-        tmp_path, fps=30, viewer_deadline=0.5, tcp_user_timeout=1.0, jpeg_quality=95
-    ) as server:
-        created = await server.http.post(
-            "/api/sessions/create", data={"device_type": "iPad (simulated)", "ios_version": "18.0"}
-        )
-        sid = created.json()["session_id"]
+    async with evicting_server(tmp_path, tcp_user_timeout=1.0) as server:
+        sid = await create_session(server, "iPad (simulated)")
         path = f"/ws/{sid}/video?format=binary"
         received: list[list[int]] = [[], []]
 
@@ -249,10 +258,7 @@ async def active_connections_is(server, session_id: str, count: int) -> bool:
 
 
 async def test_deleting_a_session_closes_its_sockets_with_4004(server):
-    created = await server.http.post(
-        "/api/sessions/create", data={"device_type": "iPhone 15 (simulated)", "ios_version": "18.0"}
-    )
-    sid = created.json()["session_id"]
+    sid = await create_session(server, "iPhone 15 (simulated)")
     async with (
         open_ws(server.ws_url(sid, "video")) as video,
         open_ws(server.ws_url(sid, "control")) as control,
@@ -482,17 +488,7 @@ def test_close_codes():
 
 
 def test_video_frame_text_is_json_in_protocol_order():
-    frame = Frame(
-        seq=7,
-        timestamp=1700000000.25,
-        captured_at=3.0,
-        jpeg=b"\xff\xd8jpeg",
-        pixel_width=390,
-        pixel_height=844,
-        point_width=390,
-        point_height=844,
-        input_seq=2,
-    )
+    frame = make_frame(7, timestamp=1700000000.25, captured_at=3.0, input_seq=2)
     message = json.loads(video_frame_text(frame, 3, 30))
     assert list(message) == FRAME_KEYS
     assert message == {
@@ -537,13 +533,8 @@ def test_log_filter():
 
 async def test_an_evicted_viewer_stuck_in_a_send_is_reset_without_waiting_for_tcp(tmp_path):
     # TCP_USER_TIMEOUT far away: only the eviction can free the stalled connection.
-    async with running_server(
-        tmp_path, fps=30, viewer_deadline=0.5, tcp_user_timeout=600.0, jpeg_quality=95
-    ) as server:
-        created = await server.http.post(
-            "/api/sessions/create", data={"device_type": "iPad (simulated)", "ios_version": "18.0"}
-        )
-        sid = created.json()["session_id"]
+    async with evicting_server(tmp_path, tcp_user_timeout=600.0) as server:
+        sid = await create_session(server, "iPad (simulated)")
         async with stalled_viewer(server.host, server.port, f"/ws/{sid}/video?format=binary"):
             await wait_until(lambda: active_connections_is(server, sid, 1))
             connected_at = trio.current_time()

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from fakes import simulated
+from fakes import device_record, simulated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,18 +41,7 @@ def good_record(session_id: str, udid: str) -> dict[str, Any]:
     return {
         "session_id": session_id,
         "created_at": 1_700_000_000.5,
-        "device": {
-            "udid": udid,
-            "name": f"bridge-{udid}",
-            "device_type": "iPhone 15 (simulated)",
-            "ios_version": "18.0",
-            "point_width": 390,
-            "point_height": 844,
-            "pixel_width": 390,
-            "pixel_height": 844,
-            "backend": "simulated",
-            "source": "",
-        },
+        "device": device_record(udid, name=f"bridge-{udid}"),
     }
 
 

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import running_server
-from fakes import settings, simulated
+from fakes import SIMULATED_DEVICE, SIMULATED_VERSION, device_record, settings, simulated
 
 from bridge_actors import BridgeError, DeviceError, DeviceInfo, open_bridge
 from bridge_actors._backends.simulated import SimulatedBackend, run_on_event_loop
@@ -34,25 +34,8 @@ from bridge_actors._services.sessions import (
     UNRESTORED,
 )
 
-DEVICE = "iPhone 15 (simulated)"
-VERSION = "18.0"
-
-
-def device_record(udid: str, /, **changes) -> dict:
-    record = {
-        "udid": udid,
-        "name": f"bridge-{DEVICE}-{udid[:8]}",
-        "device_type": DEVICE,
-        "ios_version": VERSION,
-        "point_width": 390,
-        "point_height": 844,
-        "pixel_width": 390,
-        "pixel_height": 844,
-        "backend": "simulated",
-        "source": "",
-    }
-    record.update(changes)
-    return record
+DEVICE = SIMULATED_DEVICE
+VERSION = SIMULATED_VERSION
 
 
 def session_record(session_id: str, udid: str, /, **device_changes) -> dict:

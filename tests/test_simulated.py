@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 import trio
+from fakes import capturing
 from PIL import Image
 
 from bridge_actors._backends.jpeg import JpegEncoder, decode_jpeg, qscale_for_quality
@@ -195,12 +196,10 @@ async def test_capture_publishes_changing_jpegs_at_the_requested_rate(autojump_c
     device = await backend.create_device(IPHONE, "18.0")
     sink = FakeSink()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(backend.capture, device, sink, fps=10))
+        async with capturing(backend, device, sink, fps=10):
             await sink.wait_for_frames(1)
             started = sink.frames[0]["at"]
             await trio.sleep(2.05)
-            nursery.cancel_scope.cancel()
 
     in_window = [frame for frame in sink.frames if frame["at"] <= started + 2.05]
     assert len(in_window) == 21  # at 0.0, 0.1, ..., 2.0
@@ -226,8 +225,7 @@ async def test_capture_renders_nothing_while_nobody_watches(autojump_clock):
     device = await backend.create_device(IPHONE, "18.0")
     sink = FakeSink(viewers=False)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(backend.capture, device, sink, fps=10))
+        async with capturing(backend, device, sink, fps=10):
             await trio.sleep(5)
             assert sink.frames == []
             assert backend.statistics().frames_rendered == 0
@@ -245,7 +243,6 @@ async def test_capture_renders_nothing_while_nobody_watches(autojump_clock):
             published = len(sink.frames)
             await trio.sleep(3)
             assert len(sink.frames) == published
-            nursery.cancel_scope.cancel()
 
 
 async def test_tap_marks_the_next_frame_which_carries_its_input_seq(autojump_clock):
@@ -254,14 +251,12 @@ async def test_tap_marks_the_next_frame_which_carries_its_input_seq(autojump_clo
     sink = FakeSink()
     x, y = 195, 600
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(backend.capture, device, sink, fps=10))
+        async with capturing(backend, device, sink, fps=10):
             await sink.wait_for_frames(2)
             await backend.apply_control(device, Tap(x, y), 7)
             tapped_at = len(sink.frames)
             await sink.wait_for_frames(tapped_at + 1)
             await trio.sleep(1.5)  # long enough for the mark to fade out
-            nursery.cancel_scope.cancel()
 
     before, still_before = pixels(sink.frames[0]["jpeg"]), pixels(sink.frames[1]["jpeg"])
     after = pixels(sink.frames[tapped_at]["jpeg"])
@@ -329,10 +324,8 @@ async def test_capture_and_screenshot_in_worker_threads():
     device = await backend.create_device(IPHONE, "17.5")
     sink = FakeSink()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(backend.capture, device, sink, fps=30))
+        async with capturing(backend, device, sink):
             await sink.wait_for_frames(3)
-            nursery.cancel_scope.cancel()
         shot = await backend.screenshot(device)
     assert isinstance(shot, Screenshot)
     assert shot.format == "jpeg"

@@ -106,13 +106,18 @@ def make_warden(
     return MemoryWarden(target, limit_mb=limit_mb, interval=30.0, probe=probe, **options)
 
 
+def scene(rss_mb: float, **services: FakeService) -> tuple[FakeProbe, FakeTarget, MemoryWarden]:
+    """A process at ``rss_mb`` running ``services``, and a warden with the default limit."""
+    probe = FakeProbe(rss_mb)
+    target = FakeTarget(probe, **services)
+    return probe, target, make_warden(probe, target)
+
+
 # --- warden ----------------------------------------------------------------------------------
 
 
 async def test_normal_memory_does_nothing(autojump_clock):
-    probe = FakeProbe(100.0)
-    target = FakeTarget(probe, idle=FakeService(0.0, 50.0))
-    warden = make_warden(probe, target)
+    probe, target, warden = scene(100.0, idle=FakeService(0.0, 50.0))
     assert await warden.check() is WardenTier.NORMAL
     assert target.stopped == []
     assert target.admission == []
@@ -124,14 +129,12 @@ async def test_normal_memory_does_nothing(autojump_clock):
 
 
 async def test_elevated_stops_every_idle_service_and_counts_a_cleanup(autojump_clock):
-    probe = FakeProbe(850.0)
-    target = FakeTarget(
-        probe,
+    probe, target, warden = scene(
+        850.0,
         a=FakeService(1.0, 10.0),
         b=FakeService(2.0, 10.0),
         busy=FakeService(0.0, 400.0, viewers=2),
     )
-    warden = make_warden(probe, target)
     assert await warden.check() is WardenTier.ELEVATED
     assert sorted(target.stopped) == ["a", "b"]
     assert probe.calls == 1  # all at once: no re-sampling between stops
@@ -143,15 +146,13 @@ async def test_elevated_stops_every_idle_service_and_counts_a_cleanup(autojump_c
 
 
 async def test_critical_sheds_least_recently_used_until_below_critical(autojump_clock):
-    probe = FakeProbe(1050.0)
-    target = FakeTarget(
-        probe,
+    _, target, warden = scene(
+        1050.0,
         newest=FakeService(30.0, 100.0),
         oldest=FakeService(10.0, 30.0),
         middle=FakeService(20.0, 400.0),
         busy=FakeService(0.0, 500.0, viewers=1),
     )
-    warden = make_warden(probe, target)
     # oldest frees 30 MB (still critical), middle 400 MB (normal): newest survives.
     assert await warden.check() is WardenTier.NORMAL
     assert target.stopped == ["oldest", "middle"]
@@ -163,14 +164,12 @@ async def test_critical_sheds_least_recently_used_until_below_critical(autojump_
 
 
 async def test_critical_falling_to_elevated_stops_the_remaining_idle(autojump_clock):
-    probe = FakeProbe(1010.0)
-    target = FakeTarget(
-        probe,
+    probe, target, warden = scene(
+        1010.0,
         oldest=FakeService(1.0, 20.0),
         newer=FakeService(2.0, 5.0),
         newest=FakeService(3.0, 5.0),
     )
-    warden = make_warden(probe, target)
     assert await warden.check() is WardenTier.ELEVATED
     assert target.stopped[0] == "oldest"
     assert sorted(target.stopped[1:]) == ["newer", "newest"]
@@ -179,9 +178,11 @@ async def test_critical_falling_to_elevated_stops_the_remaining_idle(autojump_cl
 
 
 async def test_admission_stays_closed_until_memory_recovers(autojump_clock, caplog):
-    probe = FakeProbe(1200.0)
-    target = FakeTarget(probe, idle=FakeService(0.0, 10.0), busy=FakeService(0.0, 900.0, viewers=3))
-    warden = make_warden(probe, target)
+    probe, target, warden = scene(
+        1200.0,
+        idle=FakeService(0.0, 10.0),
+        busy=FakeService(0.0, 900.0, viewers=3),
+    )
     with caplog.at_level("INFO", logger="bridge_actors.warden"):
         assert await warden.check() is WardenTier.CRITICAL
         assert target.stopped == ["idle"]

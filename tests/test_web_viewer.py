@@ -23,8 +23,8 @@ import pytest
 import trio
 import trio_websocket
 from conftest import open_ws, running_server
+from fakes import make_frame
 
-from bridge_actors import Frame
 from bridge_actors.wire import binary_frame
 
 STEP_TIMEOUT_MS = 10_000
@@ -452,17 +452,7 @@ async def test_viewer_reads_the_binary_header_and_scales_to_points(
 
     The simulated device has one pixel per point, which could hide a swapped field.
     """
-    frame = Frame(
-        seq=70_000,
-        timestamp=1_700_000_000.25,
-        captured_at=0.0,
-        jpeg=b"\xff\xd8jpeg",
-        pixel_width=1170,
-        pixel_height=2532,
-        point_width=390,
-        point_height=844,
-        input_seq=123_456,
-    )
+    frame = make_frame(70_000, pixel_width=1170, pixel_height=2532, input_seq=123_456)
     async with (
         running_server(tmp_path / "state", initial_session=False) as server,
         open_ui(browser, server.url + "/") as ui,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from fakes import make_frame
 
 from bridge_actors import BINARY_HEADER_SIZE, Frame, parse_binary_header
 from bridge_actors.wire import (
@@ -15,48 +16,33 @@ from bridge_actors.wire import (
     video_frame_text,
 )
 
+# The header fields of every frame here (``seq`` aside): a 3x screen, so a swapped
+# point and pixel size shows.
+HEADER_FIELDS = {
+    "timestamp": 1_700_000_000.5,
+    "pixel_width": 1170,
+    "pixel_height": 2532,
+    "point_width": 390,
+    "point_height": 844,
+    "input_seq": 3,
+}
 
-def make_frame(seq: int = 5) -> Frame:
-    return Frame(
-        seq=seq,
-        timestamp=1_700_000_000.5,
-        captured_at=1.0,
-        jpeg=b"\xff\xd8" + bytes(100) + b"\xff\xd9",
-        pixel_width=1170,
-        pixel_height=2532,
-        point_width=390,
-        point_height=844,
-        input_seq=3,
+
+def frame_of(seq: int = 5) -> Frame:
+    return make_frame(
+        seq, captured_at=1.0, jpeg=b"\xff\xd8" + bytes(100) + b"\xff\xd9", **HEADER_FIELDS
     )
 
 
 def test_the_header_is_32_bytes_and_reads_back():
     assert BINARY_HEADER.size == BINARY_HEADER_SIZE == 32
-    frame = make_frame(seq=2**32 + 7)
+    frame = frame_of(seq=2**32 + 7)
     message = binary_frame(frame)
     assert message[:4] == b"BAV1"
     assert message[BINARY_HEADER_SIZE:] == frame.jpeg
     header = parse_binary_header(message)
-    assert header == {
-        "seq": 7,
-        "timestamp": 1_700_000_000.5,
-        "pixel_width": 1170,
-        "pixel_height": 2532,
-        "point_width": 390,
-        "point_height": 844,
-        "input_seq": 3,
-        "codec": 1,
-        "jpeg": frame.jpeg,
-    }
-    assert message[:BINARY_HEADER_SIZE] == encode_binary_header(
-        seq=7,
-        timestamp=1_700_000_000.5,
-        pixel_width=1170,
-        pixel_height=2532,
-        point_width=390,
-        point_height=844,
-        input_seq=3,
-    )
+    assert header == {"seq": 7, **HEADER_FIELDS, "codec": 1, "jpeg": frame.jpeg}
+    assert message[:BINARY_HEADER_SIZE] == encode_binary_header(seq=7, **HEADER_FIELDS)
 
 
 def test_a_short_or_foreign_message_is_refused():
@@ -67,7 +53,7 @@ def test_a_short_or_foreign_message_is_refused():
 
 
 def test_every_viewer_shares_one_encoding_of_a_frame():
-    frame = make_frame()
+    frame = frame_of()
     assert binary_frame(frame) is binary_frame(frame)
     assert jpeg_base64(frame) is jpeg_base64(frame)
     assert base64.b64decode(jpeg_base64(frame)) == frame.jpeg
@@ -76,7 +62,7 @@ def test_every_viewer_shares_one_encoding_of_a_frame():
 
 
 def test_shared_calls_each_maker_once():
-    frame = make_frame()
+    frame = frame_of()
     calls: list[int] = []
 
     def make(f: Frame) -> int:

@@ -575,14 +575,7 @@ class IosBackend:
         async with _temporary_directory() as directory:
             jpeg = await self._screenshot_jpeg(device.udid, directory)
         width, height = self._jpeg_size(device.udid, jpeg)
-        return Screenshot(
-            data=jpeg,
-            format="jpeg",
-            pixel_width=width,
-            pixel_height=height,
-            point_width=device.point_width,
-            point_height=device.point_height,
-        )
+        return Screenshot.jpeg_of(device, jpeg, pixel_width=width, pixel_height=height)
 
     async def stream_logs(self, device: DeviceInfo, emit: Callable[[LogLine], None]) -> None:
         """Emit each device log line until cancelled; raise if ``log stream`` ends."""

@@ -592,14 +592,7 @@ class MediaBackend:
                 raise DeviceError(f"media source {state.source.display}: {exc}") from exc
         else:
             await trio.lowlevel.checkpoint()
-        return Screenshot(
-            data=jpeg,
-            format="jpeg",
-            pixel_width=device.pixel_width,
-            pixel_height=device.pixel_height,
-            point_width=device.point_width,
-            point_height=device.point_height,
-        )
+        return Screenshot.jpeg_of(device, jpeg)
 
     async def stream_logs(self, device: DeviceInfo, emit: Callable[[LogLine], None]) -> None:
         """A media source has no log; the stream stays open and quiet."""

@@ -567,15 +567,7 @@ class SimulatedBackend:
             limiter=self._encode_limiter,
         )
         self._record_render(seconds)
-        info = state.info
-        return Screenshot(
-            data=jpeg,
-            format="jpeg",
-            pixel_width=info.pixel_width,
-            pixel_height=info.pixel_height,
-            point_width=info.point_width,
-            point_height=info.point_height,
-        )
+        return Screenshot.jpeg_of(state.info, jpeg)
 
     async def stream_logs(self, device: DeviceInfo, emit: Callable[[LogLine], None]) -> None:
         """Emit background chatter every ``log_interval`` seconds, and a line per control."""

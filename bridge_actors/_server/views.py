@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._bridge import BridgeStatistics, ConnectionStatistics, ResourceStatistics
+from .._device import DeviceInfo
 from .._services.capture import CaptureStatistics
 from .._services.sessions import HeldSession, Session
 from .._services.warden import MemorySample
@@ -42,49 +43,66 @@ def _uptime(session: Session) -> float:
     return max(0.0, time.time() - session.created_at)
 
 
-def session_list_item(session: Session) -> dict[str, Any]:
-    """A session as the listings show it (``/api/sessions/``, ``/status``)."""
-    device = session.device
+def _identity(session_id: str, device: DeviceInfo) -> dict[str, Any]:
+    """The keys every session shape opens with, in the order clients read them."""
     return {
-        "session_id": session.session_id,
+        "session_id": session_id,
         "device_type": device.device_type,
         "ios_version": device.ios_version,
         "udid": device.udid,
-        "created_at": session.created_at,
-        "uptime": _uptime(session),
-        "installed_apps_count": 0,
-        "state": session.state,
-        "pid": None,
-        "status": session_status(session),
     }
+
+
+def _list_item(
+    session_id: str,
+    device: DeviceInfo,
+    *,
+    created_at: float,
+    uptime: float,
+    state: str,
+    status: str,
+) -> dict[str, Any]:
+    return {
+        **_identity(session_id, device),
+        "created_at": created_at,
+        "uptime": uptime,
+        "installed_apps_count": 0,
+        "state": state,
+        "pid": None,
+        "status": status,
+    }
+
+
+def session_list_item(session: Session) -> dict[str, Any]:
+    """A session as the listings show it (``/api/sessions/``, ``/status``)."""
+    return _list_item(
+        session.session_id,
+        session.device,
+        created_at=session.created_at,
+        uptime=_uptime(session),
+        state=session.state,
+        status=session_status(session),
+    )
 
 
 def held_session_list_item(held: HeldSession) -> dict[str, Any]:
     """A held session in the shape of :func:`session_list_item`, so a client lists it like
     any session; its ``state`` says why it is not running."""
-    device = held.device
-    return {
-        "session_id": held.session_id,
-        "device_type": device.device_type,
-        "ios_version": device.ios_version,
-        "udid": device.udid,
-        "created_at": held.created_at,
-        "uptime": 0.0,
-        "installed_apps_count": 0,
-        "state": held.state,
-        "pid": None,
-        "status": "offline",
-    }
+    return _list_item(
+        held.session_id,
+        held.device,
+        created_at=held.created_at,
+        uptime=0.0,
+        state=held.state,
+        status="offline",
+    )
 
 
 def session_info(session: Session) -> dict[str, Any]:
     """One session in full, with its device's size in points and the stream's in pixels."""
     device = session.device
     return {
-        "session_id": session.session_id,
-        "device_type": device.device_type,
-        "ios_version": device.ios_version,
-        "udid": device.udid,
+        **_identity(session.session_id, device),
         "device_name": device.name,
         "created_at": session.created_at,
         "uptime": _uptime(session),
