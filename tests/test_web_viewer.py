@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 from conftest import open_ws, running_server
 from fakes import make_frame
+from raw import wait_until
 
 from bridge_actors.wire import binary_frame
 
@@ -502,6 +503,8 @@ async def test_viewer_opens_on_the_initial_session_and_on_each_one_it_creates(
 
         # A session created from the form is opened at once.
         await ui(create_session, "iPad (simulated)")
+        # The form's request is under way when the click returns: wait for its session.
+        await wait_until(lambda: len(server.bridge.list_sessions()) == 2)
         [created] = [s for s in server.bridge.list_sessions() if s is not initial]
         assert created.device.ios_version == initial.device.ios_version
         await ui.wait_for("s.sessionId === arg && s.framesDrawn >= 1", created.session_id)
