@@ -1,5 +1,7 @@
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge_actors._errors import (
     BadInput,
@@ -253,3 +255,25 @@ async def test_bad_admission_input_names_the_field(session_id, client_ip, kind, 
 def test_bad_limiter_settings_are_named(name):
     with pytest.raises(InvalidSettings, match=name):
         make_limiter(**{name: 0})
+
+
+@given(st.lists(st.one_of(st.floats(0, 1e6), st.none()), max_size=300))
+def test_a_window_s_timestamps_behave_as_a_queue(operations):
+    from collections import deque
+
+    from bridge_actors._services.ratelimit import _Times
+
+    times, model = _Times(), deque()
+    for value in operations:
+        if value is None:  # popleft
+            if model:
+                assert times.popleft() == model.popleft()
+            else:
+                with pytest.raises(IndexError):
+                    times.popleft()
+        else:
+            times.append(value)
+            model.append(value)
+        assert len(times) == len(model) and bool(times) == bool(model)
+        if model:
+            assert times[0] == model[0]

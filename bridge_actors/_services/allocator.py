@@ -93,7 +93,7 @@ class TrimPolicy:
     """
 
     threshold_mb: float = 16.0
-    spacing: float = 4.0
+    spacing: float = 2.0
     last_trim: float = -math.inf
 
     def __post_init__(self) -> None:
@@ -122,7 +122,7 @@ class AllocatorTrimmer:
     def __init__(
         self,
         *,
-        interval: float = 2.0,
+        interval: float = 1.0,
         policy: TrimPolicy | None = None,
         allocator: GlibcAllocator | None = None,
         run_in_worker: Callable = trio.to_thread.run_sync,

@@ -13,7 +13,8 @@ entries, so the oldest idle address is forgotten before memory can grow.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -29,9 +30,9 @@ class SlidingWindow:
     """At most ``limit`` attempts per key within any ``window`` seconds, exactly.
 
     An attempt admitted at ``t`` counts against its key while ``now < t + window``.
-    Each key keeps the timestamps of its admitted attempts in a deque of at most
-    ``limit`` entries, so a decision costs O(1) amortised: expire from the left,
-    compare the length with the limit. Refused attempts are never recorded, so
+    Each key keeps the timestamps of its admitted attempts, at most ``limit`` of
+    them, in a :class:`_Times`, so a decision costs O(1) amortised: expire from
+    the left, compare the length with the limit. Refused attempts are never recorded, so
     a client that keeps knocking cannot push its own retry time further away.
     """
 
@@ -44,7 +45,7 @@ class SlidingWindow:
         self._limit = limit
         self._window = float(window)
         self.max_keys = max_keys
-        self._buckets: OrderedDict[Hashable, deque[float]] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, _Times] = OrderedDict()
         self.evictions = 0
 
     @property
@@ -62,7 +63,7 @@ class SlidingWindow:
         """The live keys, least recently used first (a snapshot, safe to mutate while iterating)."""
         return iter(list(self._buckets))
 
-    def _touch(self, key: Hashable, now: float) -> deque[float] | None:
+    def _touch(self, key: Hashable, now: float) -> _Times | None:
         """Expire ``key``'s old attempts and mark it recently used; drop it if nothing is left."""
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -88,7 +89,7 @@ class SlidingWindow:
         """Record an admitted attempt. Raises :class:`RateLimited` if the window is already full."""
         bucket = self._touch(key, now)
         if bucket is None:
-            bucket = self._buckets[key] = deque(maxlen=self._limit)
+            bucket = self._buckets[key] = _Times()
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
                 self.evictions += 1
@@ -110,6 +111,46 @@ class SlidingWindow:
             if not bucket:
                 del self._buckets[key]
         return before - len(self._buckets)
+
+
+class _Times:
+    """Timestamps in arrival order, appended on the right and expired from the left.
+
+    Held unboxed in an ``array``: a crowd's admissions stay in their windows for
+    a minute after the crowd has gone, and as float objects, allocated among the
+    crowd's own short-lived objects, they would keep the memory those freed from
+    returning to the system.
+    """
+
+    __slots__ = ("_head", "_times")
+
+    def __init__(self) -> None:
+        self._times = array("d")
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._times) - self._head
+
+    def __bool__(self) -> bool:
+        return len(self._times) > self._head
+
+    def __getitem__(self, index: int) -> float:
+        if index != 0 or not self:
+            raise IndexError(index)
+        return self._times[self._head]
+
+    def append(self, time: float) -> None:
+        self._times.append(time)
+
+    def popleft(self) -> float:
+        if not self:
+            raise IndexError("pop from an empty window")
+        time = self._times[self._head]
+        self._head += 1
+        if self._head * 2 >= len(self._times):  # compact, amortised O(1)
+            del self._times[: self._head]
+            self._head = 0
+        return time
 
 
 @dataclass(frozen=True, eq=False, slots=True)
