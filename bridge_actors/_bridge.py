@@ -126,7 +126,9 @@ class Bridge:
             interval=settings.memory_check_interval,
             probe=memory_probe,
         )
-        self.trimmer = AllocatorTrimmer(allocator=glibc_allocator())
+        self.trimmer = AllocatorTrimmer(
+            allocator=glibc_allocator(), departures=lambda: self.limiter.released
+        )
         self.store = SessionStore(settings.state_dir, check=session_record_problem)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.started = False

@@ -82,3 +82,25 @@ def test_glibc_gives_back_freed_heap():
     allocator.trim()
     assert allocator.resident_bytes() <= resident
     del keep
+
+
+async def test_garbage_is_collected_once_a_crowd_has_left(autojump_clock, monkeypatch):
+    collected = []
+    monkeypatch.setattr("gc.collect", lambda *args: collected.append(trio.current_time()) or 0)
+    departed = 0
+    trimmer = AllocatorTrimmer(
+        allocator=None, departures=lambda: departed, collect_after=100, collect_spacing=10
+    )
+    departed = 99
+    await trimmer.check()
+    assert collected == []  # not yet a crowd
+    departed = 600
+    await trimmer.check()
+    assert len(collected) == 1
+    departed = 800
+    await trimmer.check()  # another crowd, but too soon after the last collection
+    assert len(collected) == 1
+    await trio.sleep(10)
+    await trimmer.check()
+    assert len(collected) == 2
+    assert trimmer.statistics().collections == 2
