@@ -93,14 +93,32 @@ async def test_garbage_is_collected_once_a_crowd_has_left(autojump_clock, monkey
     )
     departed = 99
     await trimmer.check()
+    await trimmer.check()
     assert collected == []  # not yet a crowd
     departed = 600
     await trimmer.check()
+    assert collected == []  # a crowd still leaving
+    await trimmer.check()
+    assert len(collected) == 1  # gone: collect once
+    await trimmer.check()
     assert len(collected) == 1
     departed = 800
-    await trimmer.check()  # another crowd, but too soon after the last collection
+    await trimmer.check()
+    await trimmer.check()  # another crowd gone, but too soon after the last collection
     assert len(collected) == 1
     await trio.sleep(10)
     await trimmer.check()
     assert len(collected) == 2
     assert trimmer.statistics().collections == 2
+
+
+async def test_steady_churn_never_pays_for_a_collection(autojump_clock, monkeypatch):
+    collected = []
+    monkeypatch.setattr("gc.collect", lambda *args: collected.append(1) or 0)
+    departed = 0
+    trimmer = AllocatorTrimmer(allocator=None, departures=lambda: departed, collect_after=100)
+    for _ in range(100):
+        departed += 50
+        await trimmer.check()
+        await trio.sleep(1)
+    assert collected == []

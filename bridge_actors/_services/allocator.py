@@ -5,10 +5,10 @@ garbage (exceptions and the frames their tracebacks hold), which the server's
 tuned collector (``tune_garbage_collector``: a large youngest generation, start-up
 objects frozen) reaches only much later: after a crowd of 500, about 145,000
 objects, so the process looked as if it grew by 20 to 40 MB a round. So once
-``collect_after`` connections have ended since the last collection (and at most
-every ``collect_spacing`` seconds, so that steady churn does not pay for it),
-the trimmer collects garbage: one pause of some milliseconds, when the crowd is
-gone.
+``collect_after`` connections have ended since the last collection and none
+has ended since the last check (the crowd is gone, not still going), at most
+every ``collect_spacing`` seconds, the trimmer collects garbage: one pause of
+some milliseconds.
 
 Hundreds of viewers that connect, stall and leave each held a frame or two in
 flight: tens of megabytes of medium-sized buffers, freed together when they go.
@@ -151,6 +151,7 @@ class AllocatorTrimmer:
         self.collect_after = collect_after
         self.collect_spacing = float(collect_spacing)
         self._departed_at_collection = 0
+        self._departed_at_last_check = 0
         self._collected_at = -math.inf
         self._run_in_worker = run_in_worker
         self._collections = 0
@@ -185,10 +186,14 @@ class AllocatorTrimmer:
         return True
 
     def _collect_after_a_crowd(self) -> None:
+        """Collect once ``collect_after`` connections have ended and the departures have
+        stopped for a check: while a crowd is still leaving, collecting is paid twice."""
         if self._departures is None:
             return
         departed, now = self._departures(), trio.current_time()
-        if departed - self._departed_at_collection < self.collect_after:
+        still_leaving = departed != self._departed_at_last_check
+        self._departed_at_last_check = departed
+        if still_leaving or departed - self._departed_at_collection < self.collect_after:
             return
         if now - self._collected_at < self.collect_spacing:
             return
