@@ -437,7 +437,8 @@ async def _stalled_round(
     closed = sum(1 for t in stalls.traces if t.closed_at is not None)
     with ctx.reporter.task(f"rounds {label}: waiting for 0 connections and a still RSS"):
         no_connections = await _until_no_connections(server.base_url, 20)
-        rss, settled_s = await settled_rss(meter, settle_limit)
+        # Still for 5.5 s: long enough to see the server give freed memory back, if it does.
+        rss, settled_s = await settled_rss(meter, settle_limit, window=12)
     return {
         "round": label,
         "viewers": count,
