@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import math
 from collections import deque
@@ -55,6 +54,8 @@ from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
+
+from .json_codec import encode_json
 
 log = logging.getLogger("bridge_actors.server")
 
@@ -73,7 +74,7 @@ def json_response_bytes(
     status: int, body: dict[str, Any], *, head_only: bool = False, close: bool = True
 ) -> bytes:
     """A whole HTTP/1.1 response with a JSON body, for answers given below the app."""
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    payload = encode_json(body, compact=True).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "content-type: application/json\r\n"

@@ -91,6 +91,8 @@ def decode_json(raw: str | bytes, field: str, *, max_depth: int = MAX_JSON_DEPTH
         raise BadInput(field, f"is not valid JSON ({detail})") from None
 
 
-def encode_json(document: Any) -> str:
-    """``document`` as compact-enough JSON; ValueError rather than ever writing NaN/Infinity."""
-    return json.dumps(document, allow_nan=False)
+def encode_json(document: Any, *, compact: bool = False) -> str:
+    """``document`` as JSON (``compact``: no spaces at all, for answers written below the
+    app); ValueError rather than ever writing NaN/Infinity."""
+    separators = (",", ":") if compact else None
+    return json.dumps(document, allow_nan=False, separators=separators)

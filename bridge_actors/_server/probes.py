@@ -8,10 +8,10 @@ an orchestrator gets the same answer whichever path its request took.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .json_codec import encode_json
 from .views import connection_manager, resource_manager
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class ProbeFastPath:
             await self.app(scope, receive, send)
             return
         body, status = self.probes.answer(path)
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = encode_json(body, compact=True).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),

@@ -6,18 +6,19 @@ whose encoding must be compact and exact (errors, redirects, the reference).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from quart import Response
+
+from .json_codec import encode_json
 
 __all__ = ["json_response", "redirect_response"]
 
 
 def json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")),
+        encode_json(body, compact=True),
         status=status,
         content_type="application/json",
         headers=dict(headers or {}),
