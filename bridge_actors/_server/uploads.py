@@ -40,18 +40,19 @@ UPLOAD_ROUTES = re.compile(
 MAX_FILES = 100
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
+FRAMING_BYTES = 64 * 1024  # room for part headers and short form fields around the files
 _FLUSH_BYTES = 1024 * 1024  # a part's data is written out in pieces this large
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def upload_request_class(max_upload_bytes: int) -> type[Request]:
-    """The app's request class: its body limit is ``max_upload_bytes`` on the upload
-    routes (plus room for the multipart framing), the app's own everywhere else."""
+def upload_request_class(base: type[Request], max_upload_bytes: int) -> type[Request]:
+    """The app's request class ``base``, whose body limit is ``max_upload_bytes`` on the
+    upload routes (plus room for the multipart framing) and the app's own everywhere else."""
 
-    class UploadRequest(Request):
+    class UploadRequest(base):  # type: ignore[valid-type,misc]
         def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
             if method == "POST" and UPLOAD_ROUTES.fullmatch(path):
-                kwargs["max_content_length"] = max_upload_bytes + MAX_FIELDS * MAX_FIELD_BYTES
+                kwargs["max_content_length"] = max_upload_bytes + FRAMING_BYTES
             super().__init__(method, scheme, path, *args, **kwargs)
 
     return UploadRequest
@@ -175,7 +176,7 @@ async def receive_upload(max_bytes: int) -> AsyncIterator[Upload]:
     :data:`MAX_FILES`); either way nothing is left on disk."""
     boundary = _boundary()
     declared = request.content_length
-    if declared is not None and declared > max_bytes + MAX_FIELDS * MAX_FIELD_BYTES:
+    if declared is not None and declared > max_bytes + FRAMING_BYTES:
         raise TooLarge("body", f"upload larger than {max_bytes} bytes")
     directory = Path(await trio.to_thread.run_sync(tempfile.mkdtemp, "", "bridge-upload-"))
     upload = Upload(directory)
@@ -192,9 +193,9 @@ async def _read_body(parser: MultipartParser, parts: _Parts, max_bytes: int) -> 
     try:
         async for chunk in request.body:
             parts.received += len(chunk)
+            parser.write(chunk)
             if sum(f.size for f in parts.upload.files) > max_bytes:
                 raise TooLarge("body", f"upload larger than {max_bytes} bytes")
-            parser.write(chunk)
             if parts.pending_bytes >= _FLUSH_BYTES:
                 await trio.to_thread.run_sync(parts.flush)
         parser.finalize()
