@@ -67,7 +67,13 @@ class LogQuery:
 @runtime_checkable
 class DeviceActions(Protocol):
     """The actions of one kind of device; each may raise ActionUnsupported, BadInput or
-    DeviceError. ``device`` is always one of this backend's own devices."""
+    DeviceError. ``device`` is always one of this backend's own devices.
+
+    ``unsupported_groups`` names the groups of actions ("apps", "media", ...: an
+    action's first path segment) the backend cannot do at all, so that they are
+    refused before an upload is read rather than after."""
+
+    unsupported_groups: frozenset[str]
 
     async def install_app(self, device: DeviceInfo, app: Path) -> None: ...
 

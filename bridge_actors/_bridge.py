@@ -266,8 +266,11 @@ class Bridge:
         session's rate (RateLimited when over it); the action is written to its log.
         Raises SessionNotFound, ActionUnsupported (naming the backend) or RateLimited."""
         session = self.registry.get(session_id)
-        if not isinstance(session.backend, DeviceActions):
-            raise ActionUnsupported(session.backend.name, action)
+        backend = session.backend
+        if not isinstance(backend, DeviceActions) or (
+            action.partition("/")[0] in backend.unsupported_groups
+        ):
+            raise ActionUnsupported(backend.name, action)
         self.actions.admit(session, action, detail)
         return session
 

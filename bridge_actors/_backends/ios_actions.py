@@ -46,6 +46,7 @@ def log_show_argv(xcrun: str, udid: str, query: LogQuery) -> list[str]:
 class IosActions:
     """``DeviceActions`` for iOS simulators; ``IosBackend`` provides the runner."""
 
+    unsupported_groups: frozenset[str] = frozenset()
     _xcrun: str
     _command_timeout: float
     _kill_grace: float

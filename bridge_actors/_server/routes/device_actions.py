@@ -450,7 +450,8 @@ async def media_info(session_id: str) -> dict[str, Any]:
     await trio.lowlevel.checkpoint()
     return {
         "success": True,
-        "supported": isinstance(session.backend, DeviceActions),
+        "supported": isinstance(session.backend, DeviceActions)
+        and "media" not in session.backend.unsupported_groups,
         "supported_photo_formats": list(PHOTO_EXTENSIONS),
         "supported_video_formats": list(VIDEO_EXTENSIONS),
         "max_file_size": _max_upload(),
