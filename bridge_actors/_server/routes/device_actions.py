@@ -502,22 +502,33 @@ async def pull_file(session_id: str) -> Response:
     bundle_id = checks.bundle_id_field(fields["bundle_id"]) if fields.get("bundle_id") else None
     limit = _max_upload()
 
-    async def pull(actions, device) -> tuple[int, int]:
+    async def pull(actions, device) -> tuple[Path, int]:
         base = await _base_directory(actions, device, bundle_id)
-        return await trio.to_thread.run_sync(open_for_pull, base, parts, limit)
+        descriptor, size = await trio.to_thread.run_sync(open_for_pull, base, parts, limit)
+        os.close(descriptor)  # checked now; opened again (and checked again) to be sent
+        return base, size
 
-    descriptor, size = await current_state().bridge.act(session_id, "files/pull", pull)
+    base, size = await current_state().bridge.act(session_id, "files/pull", pull)
     name = str(fields.get("filename") or parts[-1])
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:128] or "file"
-    response = Response(_read_chunks(descriptor), content_type="application/octet-stream")
+    body = _read_chunks(base, parts, size)
+    response = Response(body, content_type="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="{safe}"'
     response.headers["Content-Length"] = str(size)
     return response
 
 
-async def _read_chunks(descriptor: int) -> AsyncIterator[bytes]:
+async def _read_chunks(base: Path, parts: tuple[str, ...], size: int) -> AsyncIterator[bytes]:
+    """The file's first ``size`` bytes (its Content-Length); it is opened only once the
+    body is sent, so a response never sent holds no descriptor."""
+    descriptor, _ = await trio.to_thread.run_sync(open_for_pull, base, parts, size)
     try:
-        while chunk := await trio.to_thread.run_sync(os.read, descriptor, 1024 * 1024):
+        left = size
+        while left > 0:
+            chunk = await trio.to_thread.run_sync(os.read, descriptor, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            left -= len(chunk)
             yield chunk
     finally:
         os.close(descriptor)
