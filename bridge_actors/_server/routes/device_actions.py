@@ -511,17 +511,19 @@ async def pull_file(session_id: str) -> Response:
     base, size = await current_state().bridge.act(session_id, "files/pull", pull)
     name = str(fields.get("filename") or parts[-1])
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:128] or "file"
-    body = _read_chunks(base, parts, size)
+    body = _read_chunks(base, parts, size, limit)
     response = Response(body, content_type="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="{safe}"'
     response.headers["Content-Length"] = str(size)
     return response
 
 
-async def _read_chunks(base: Path, parts: tuple[str, ...], size: int) -> AsyncIterator[bytes]:
+async def _read_chunks(
+    base: Path, parts: tuple[str, ...], size: int, limit: int
+) -> AsyncIterator[bytes]:
     """The file's first ``size`` bytes (its Content-Length); it is opened only once the
     body is sent, so a response never sent holds no descriptor."""
-    descriptor, _ = await trio.to_thread.run_sync(open_for_pull, base, parts, size)
+    descriptor, _ = await trio.to_thread.run_sync(open_for_pull, base, parts, limit)
     try:
         left = size
         while left > 0:
