@@ -307,6 +307,8 @@ def app_command(command, rest):
     device = find(rest[0])
     if BEHAVIOUR.get(command) == "fail":
         fail("simctl %s: failed on purpose" % command, 4)
+    if BEHAVIOUR.get(command) == "hang":
+        hang()
     apps = STATE.setdefault("apps", {}).setdefault(rest[0], {})
     if command == "install":
         info = plistlib.load(open(os.path.join(rest[1], "Info.plist"), "rb"))

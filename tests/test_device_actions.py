@@ -16,6 +16,7 @@ import stat
 import zipfile
 
 import pytest
+import trio
 from conftest import running_server
 from fakes import FakeTools
 
@@ -363,3 +364,25 @@ async def test_actions_are_rate_limited_logged_and_404_for_unknown_sessions(tmp_
             "/api/sessions/nope/apps/install", files={"ipa_file": ("a.ipa", ipa())}
         )
         assert response.status_code == 404
+
+
+async def test_deleting_the_session_cancels_a_running_install(tmp_path, ios_tools):
+    async with await ios_session(tmp_path) as server:
+        sid, _ = await create(server)
+        ios_tools.behave(install="hang")
+        answers = []
+
+        async def install() -> None:
+            response = await server.http.post(
+                f"/api/sessions/{sid}/apps/install", files={"ipa_file": ("D.ipa", ipa())}
+            )
+            answers.append(response)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(install)
+            await ios_tools.wait_for_hung_process()
+            assert (await server.http.delete(f"/api/sessions/{sid}")).status_code == 200
+        [response] = answers
+        assert response.status_code == 404
+        assert response.json()["detail"] == "Session not found"
+    # The tools fixture checks that the hung simctl was reaped and the upload removed.
