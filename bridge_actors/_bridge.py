@@ -18,7 +18,7 @@ from ._checks import one_exception
 from ._controls import ControlEvent, Key, parse_control, resolve_key
 from ._device import Configurations, DeviceBackend, DeviceInfo, Screenshot
 from ._errors import ActionUnsupported, BadInput, BridgeError, DeviceError, SessionNotFound
-from ._services.actions import ActionGate
+from ._services.actions import ActionGate, ActionStatistics
 from ._services.allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
 from ._services.capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
 from ._services.fanout import Viewer
@@ -92,6 +92,7 @@ class BridgeStatistics:
     sessions: RegistryStatistics
     store: StoreStatistics
     kpis: Kpis
+    actions: ActionStatistics
 
 
 class Bridge:
@@ -368,6 +369,7 @@ class Bridge:
                 rss_growth_window_s=warden.rss_growth.window_s,
                 rss_growth_min_window_s=warden.rss_growth.min_window_s,
             ),
+            actions=self.actions.statistics(),
         )
 
 

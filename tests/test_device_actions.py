@@ -357,6 +357,7 @@ async def test_actions_are_rate_limited_logged_and_404_for_unknown_sessions(tmp_
                 if line.process == "bridge":
                     seen.append(line.message)
             assert seen == ["location/clear"] * 3
+        assert (await server.stats())["actions"] == {"admitted": 3, "refused": 1, "failed": 0}
         response = await server.http.post("/api/sessions/nope/location/clear")
         assert response.status_code == 404
         assert response.json()["detail"] == "Session not found"
