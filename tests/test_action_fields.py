@@ -206,3 +206,89 @@ async def test_an_upload_the_client_breaks_off_leaves_no_file(tmp_path, temp_roo
         await wait_until(lambda: not any(temp_root.iterdir()))
         assert os.listdir(temp_root) == []
         del backend.unsupported_groups
+
+
+# --- multipart bodies, cut anywhere ---------------------------------------------------------
+
+
+def multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+part_lists = st.lists(
+    st.tuples(
+        st.sampled_from(["file", "photos", "device_path"]),
+        st.one_of(st.none(), st.sampled_from(["a.jpg", "../../x.ipa", "b c.zip", ""])),
+        st.binary(max_size=300),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=part_lists, cuts=st.lists(st.integers(1, 200), max_size=8), garbage=st.binary(max_size=40)
+)
+def test_multipart_parts_arrive_whole_however_the_body_is_cut(
+    tmp_path_factory, parts, cuts, garbage
+):
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser
+
+    from bridge_actors._server.uploads import Upload, _Parts
+
+    boundary = "b0undary"
+    body = multipart(boundary, parts)
+    if garbage:
+        body = body[: len(body) // 2] + garbage  # a body that breaks off into noise
+    upload = Upload(tmp_path_factory.mktemp("upload"))
+    sink = _Parts(upload, 10**6)
+    parser = MultipartParser(boundary, sink.callbacks())
+    try:
+        at = 0
+        for cut in [*cuts, len(body)]:
+            parser.write(body[at : at + cut])
+            at += cut
+        parser.write(body[at:])
+        parser.finalize()
+    except (BadInput, MultipartParseError):
+        return
+    if garbage:
+        return  # noise can look like an unfinished part; the request is refused elsewhere
+    files = [(n, f, d) for n, f, d in parts if f is not None]
+    assert [(f.field, len(f.head)) for f in upload.files] == [
+        (n, min(len(d), 64)) for n, _, d in files
+    ]
+    assert [bytes(sink.pending[i]) for i in range(len(upload.files))] == [d for _, _, d in files]
+    for uploaded in upload.files:
+        assert "/" not in uploaded.path.name and uploaded.path.parent == upload.directory
+
+
+async def test_malformed_uploads_answer_400_not_500(tmp_path, ios_tools_on_path):
+    async with running_server(tmp_path / "state", backends=("ios",), initial_session=False) as s:
+        created = await s.http.post(
+            "/api/sessions/create", data={"device_type": "iPhone 15", "ios_version": "17.2"}
+        )
+        url = f"/api/sessions/{created.json()['session_id']}/apps/install"
+        for content_type, body in [
+            ("multipart/form-data", b"--x\r\n"),
+            ("multipart/form-data; boundary=x", b"garbage with no boundary at all"),
+            ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n"),
+            ("application/octet-stream", b"PK\x03\x04"),
+        ]:
+            response = await s.http.post(url, content=body, headers={"Content-Type": content_type})
+            assert response.status_code == 400, (content_type, body, response.text)
+            assert response.json()["success"] is False
+
+
+@pytest.fixture
+def ios_tools_on_path(tools, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return tools
