@@ -156,6 +156,9 @@ def test_a_zip_bomb_by_ratio_and_by_size_is_refused():
         check_members("f", infos(bomb), LIMITS)
     with pytest.raises(TooLarge, match="unpacks to more than"):
         check_members("f", infos(bomb), ArchiveLimits(50, 1024 * 1024, 10**6))
+    many_small = zip_of({f"Demo.app/{n}": bytes(512 * 1024) for n in range(8)})
+    with pytest.raises(TooLarge, match=r"archive expands .* times; at most 100"):
+        check_members("f", infos(many_small), LIMITS)
 
 
 names = st.lists(

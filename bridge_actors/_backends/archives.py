@@ -207,6 +207,13 @@ def check_members(
                 f"at most {limits.max_ratio}",
             )
         members.append(Member(info, parts, is_dir))
+    packed_total = max(sum(info.compress_size for info in infos), 1)
+    if total > RATIO_FLOOR and total > limits.max_ratio * packed_total:
+        # Many small entries, each under the floor, can make a bomb together.
+        raise TooLarge(
+            field,
+            f"archive expands {total // packed_total} times; at most {limits.max_ratio}",
+        )
     _no_file_under_a_file(field, seen)
     return members
 
