@@ -248,7 +248,7 @@ class Settings(pydantic.BaseModel):
     upload_max_ratio: int = pydantic.Field(
         100,
         ge=1,
-        description="most times an archive entry over 1 MiB may expand when unpacked",
+        description="most times an archive, or one of its entries, over 1 MiB may expand",
     )
     actions_per_minute: int = pydantic.Field(
         120,
