@@ -6,17 +6,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from ._actions import DeviceActions
 from ._checks import one_exception
 from ._controls import ControlEvent, Key, parse_control, resolve_key
-from ._device import Configurations, DeviceBackend, Screenshot
-from ._errors import BadInput, DeviceError
+from ._device import Configurations, DeviceBackend, DeviceInfo, Screenshot
+from ._errors import ActionUnsupported, BadInput, BridgeError, DeviceError, SessionNotFound
+from ._services.actions import ActionGate, ActionStatistics
 from ._services.allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
 from ._services.capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
 from ._services.fanout import Viewer
@@ -36,6 +38,8 @@ from ._services.warden import MemorySample, MemoryWarden, WardenStatistics
 from ._settings import Settings
 
 log = logging.getLogger("bridge_actors")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class BridgeStatistics:
     sessions: RegistryStatistics
     store: StoreStatistics
     kpis: Kpis
+    actions: ActionStatistics
 
 
 class Bridge:
@@ -129,6 +134,7 @@ class Bridge:
         self.trimmer = AllocatorTrimmer(
             allocator=glibc_allocator(), departures=lambda: self.limiter.released
         )
+        self.actions = ActionGate(per_minute=settings.actions_per_minute)
         self.store = SessionStore(settings.state_dir, check=session_record_problem)
         self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
         self.started = False
@@ -148,6 +154,7 @@ class Bridge:
     async def _session_ended(self, session: Session) -> None:
         done = self.pool.stop_device(session.device.udid, "session deleted")
         self.limiter.forget_session(session.session_id)
+        self.actions.forget_session(session.session_id)
         if done is not None:
             await done.wait()
 
@@ -253,6 +260,54 @@ class Bridge:
         session = self.registry.get(session_id)
         return await session.backend.screenshot(session.device)
 
+    # -- device actions --------------------------------------------------------------------
+
+    def admit_action(self, session_id: str, action: str, detail: str = "") -> Session:
+        """Check that the session's backend offers device actions, and count one against the
+        session's rate (RateLimited when over it); the action is written to its log.
+        Raises SessionNotFound, ActionUnsupported (naming the backend) or RateLimited."""
+        session = self.registry.get(session_id)
+        backend = session.backend
+        if not isinstance(backend, DeviceActions) or (
+            action.partition("/")[0] in backend.unsupported_groups
+        ):
+            raise ActionUnsupported(backend.name, action)
+        self.actions.admit(session, action, detail)
+        return session
+
+    async def run_action(
+        self,
+        session: Session,
+        action: str,
+        call: Callable[[DeviceActions, DeviceInfo], Awaitable[T]],
+    ) -> T:
+        """Run an admitted action on the session's device; deleting the session meanwhile
+        cancels it (SessionNotFound). A failure is written to the session's log too."""
+        backend = session.backend
+        assert isinstance(backend, DeviceActions)
+        membership = Lifeline()
+        session.adopt(membership)
+        try:
+            with membership.held():
+                return await call(backend, session.device)
+            raise SessionNotFound(session.session_id, deleted=True)  # cut without a reason
+        except BridgeError as exc:
+            self.actions.record(session, action, "", f"failed: {exc}")
+            raise
+        finally:
+            session.release(membership)
+
+    async def act(
+        self,
+        session_id: str,
+        action: str,
+        call: Callable[[DeviceActions, DeviceInfo], Awaitable[T]],
+        detail: str = "",
+    ) -> T:
+        """:meth:`admit_action` and :meth:`run_action` in one."""
+        session = self.admit_action(session_id, action, detail)
+        return await self.run_action(session, action, call)
+
     @asynccontextmanager
     async def logs(self, session_id: str) -> AsyncIterator[LogSubscription]:
         session = self.registry.get(session_id)
@@ -314,6 +369,7 @@ class Bridge:
                 rss_growth_window_s=warden.rss_growth.window_s,
                 rss_growth_min_window_s=warden.rss_growth.min_window_s,
             ),
+            actions=self.actions.statistics(),
         )
 
 

@@ -224,8 +224,10 @@ class FrameSink(Protocol):
         pixel_height: int,
         timestamp: float | None = None,
         input_seq: int | None = None,
+        point_size: tuple[int, int] | None = None,
     ) -> None:
-        """Hand one encoded frame to every viewer. Never blocks."""
+        """Hand one encoded frame to every viewer. Never blocks. ``point_size`` is the
+        device's own unless given (a turned device gives its turned size)."""
 
 
 @runtime_checkable

@@ -120,3 +120,12 @@ class DeleteFailed(DeviceError):
                 f"not be deleted ({kept}): delete again, or with ?force=true to forget them"
             )
         super().__init__(message)
+
+
+class ActionUnsupported(BridgeError):
+    """The session's backend cannot do this device action (answered 501, naming both)."""
+
+    def __init__(self, backend: str, action: str) -> None:
+        super().__init__(f"{action}: not supported by the {backend} backend")
+        self.backend = backend
+        self.action = action

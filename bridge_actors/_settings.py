@@ -236,6 +236,25 @@ class Settings(pydantic.BaseModel):
         gt=0,
         description="seconds before the kernel drops a connection whose data goes unacknowledged",
     )
+    # Device actions: uploads (apps, photos, videos, files) and how often a session may act
+    upload_max_bytes: int = pydantic.Field(
+        2 * 1024**3,
+        ge=1024,
+        description="largest upload (an app, photos, videos, a file), and largest unpacked app",
+    )
+    upload_max_entries: int = pydantic.Field(
+        10000, ge=1, description="most entries an uploaded .ipa or .zip may hold"
+    )
+    upload_max_ratio: int = pydantic.Field(
+        100,
+        ge=1,
+        description="most times an archive, or one of its entries, over 1 MiB may expand",
+    )
+    actions_per_minute: int = pydantic.Field(
+        120,
+        ge=1,
+        description="device actions (install, open URL, location, push...) per session per minute",
+    )
 
     @pydantic.model_validator(mode="wrap")
     @classmethod

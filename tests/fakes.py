@@ -213,7 +213,12 @@ def xcrun():
         if BEHAVIOUR.get("list") == "garbage":
             print("this is not json")
             return
-        print(json.dumps({rest[0]: STATE[rest[0]]}))
+        listing = STATE[rest[0]]
+        if rest[0] == "devices":
+            for d in devices():
+                d["dataPath"] = path("data/" + d["udid"])
+                os.makedirs(d["dataPath"], exist_ok=True)
+        print(json.dumps({rest[0]: listing}))
     elif command == "create":
         name, device_type, runtime = rest
         udid = str(uuid.uuid4()).upper()
@@ -260,13 +265,82 @@ def xcrun():
             hang()
         fail("Error: the display is not ready", 2)
     elif command == "spawn":
-        sys.stdout.write(open(path("device.log")).read())
-        sys.stdout.flush()
-        if BEHAVIOUR.get("logs") == "hang":
-            hang()
-        fail("log: stream ended", 3)
+        find(rest[0])
+        if rest[1:3] == ["log", "stream"]:
+            sys.stdout.write(open(path("device.log")).read())
+            sys.stdout.flush()
+            if BEHAVIOUR.get("logs") == "hang":
+                hang()
+            fail("log: stream ended", 3)
+        elif rest[1:3] == ["log", "show"]:
+            sys.stdout.write(open(path("device.log")).read())
+        elif rest[1:3] == ["log", "erase"]:
+            print("Deleted selected logs")
+        elif rest[1:] == ["ps", "aux"]:
+            print("USER PID %CPU %MEM VSZ RSS TT STAT STARTED TIME COMMAND")
+            print("mobile 62 1.5 0.8 1 2 ?? S 10:00 0:01.00 /System/SpringBoard.app/SpringBoard -x")
+        else:
+            fail("spawn: unknown " + " ".join(rest[1:]))
+    elif command in APP_COMMANDS:
+        app_command(command, rest)
     else:
         fail("unknown simctl command " + command)
+
+
+APP_COMMANDS = (
+    "install", "listapps", "launch", "terminate", "uninstall", "openurl", "location",
+    "device", "push", "addmedia", "get_app_container",
+)
+SYSTEM_APP = {"CFBundleIdentifier": "com.apple.mobilesafari", "CFBundleDisplayName": "Safari",
+              "ApplicationType": "System", "Path": "/Applications/MobileSafari.app"}
+
+
+def openstep(value):
+    """The old text plist format simctl listapps prints."""
+    if isinstance(value, dict):
+        return "{" + "".join('"%s" = %s;' % (k, openstep(v)) for k, v in value.items()) + "}"
+    return '"%s"' % str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def app_command(command, rest):
+    import plistlib
+    device = find(rest[0])
+    if BEHAVIOUR.get(command) == "fail":
+        fail("simctl %s: failed on purpose" % command, 4)
+    if BEHAVIOUR.get(command) == "hang":
+        hang()
+    apps = STATE.setdefault("apps", {}).setdefault(rest[0], {})
+    if command == "install":
+        info = plistlib.load(open(os.path.join(rest[1], "Info.plist"), "rb"))
+        apps[info["CFBundleIdentifier"]] = {
+            "CFBundleIdentifier": info["CFBundleIdentifier"],
+            "CFBundleDisplayName": info.get("CFBundleDisplayName", info.get("CFBundleName", "")),
+            "CFBundleShortVersionString": info.get("CFBundleShortVersionString", ""),
+            "ApplicationType": "User",
+            "Path": "/data/Containers/Bundle/Application/X/" + os.path.basename(rest[1]),
+        }
+        append("installed.log", json.dumps(sorted(os.listdir(rest[1]))))
+        save("state.json", STATE)
+    elif command == "listapps":
+        print(openstep({SYSTEM_APP["CFBundleIdentifier"]: SYSTEM_APP, **apps}))
+    elif command in ("launch", "terminate", "uninstall", "get_app_container"):
+        if rest[1] not in apps and rest[1] != SYSTEM_APP["CFBundleIdentifier"]:
+            fail("The application %s is not installed" % rest[1], 22)
+        if command == "launch":
+            print("%s: 4242" % rest[1])
+        elif command == "uninstall":
+            del apps[rest[1]]
+            save("state.json", STATE)
+        elif command == "get_app_container":
+            container = path("containers/" + rest[1])
+            os.makedirs(container, exist_ok=True)
+            print(container)
+    elif command == "push":
+        shutil.copy(rest[2], path("pushed-%d.json" % len(os.listdir(HERE))))
+    elif command == "addmedia":
+        for name in rest[1:]:
+            head = open(name, "rb").read(16).hex()
+            append("media.log", json.dumps([os.path.basename(name), head]))
 
 
 def idb():

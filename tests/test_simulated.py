@@ -60,7 +60,9 @@ class FakeSink:
     async def wait_for_viewers(self) -> None:
         await self._viewers_present.wait()
 
-    def publish(self, jpeg, *, pixel_width, pixel_height, timestamp=None, input_seq=None):
+    def publish(
+        self, jpeg, *, pixel_width, pixel_height, timestamp=None, input_seq=None, point_size=None
+    ):
         self.frames.append(
             {
                 "at": trio.current_time(),

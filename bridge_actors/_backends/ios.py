@@ -40,6 +40,7 @@ from .._controls import Button, ControlEvent, Key, Swipe, Tap, Text, key_code, r
 from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
 from . import processes as _subprocess
+from .ios_actions import IosActions
 from .mjpeg import MjpegParser, jpeg_size
 from .processes import (
     CommandFailed,
@@ -154,7 +155,7 @@ async def _temporary_directory() -> AsyncIterator[Path]:
             await trio.to_thread.run_sync(shutil.rmtree, path, True)
 
 
-class IosBackend:
+class IosBackend(IosActions):
     """A ``DeviceBackend`` for the iOS simulators of this Mac."""
 
     name = BACKEND_NAME

@@ -31,6 +31,7 @@ from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError
 from . import DEVICE_NAME_PREFIX
 from .jpeg import JpegEncoder
+from .simulated_actions import SimulatedActions
 
 _T = TypeVar("_T")
 
@@ -98,6 +99,13 @@ class _Scene:
     swipes: tuple[tuple[_SwipeMark, float], ...]
     typed: str
     last_action: str
+    rotation: int = 0  # degrees counter-clockwise the picture is turned (0, 90, 180, 270)
+    notices: tuple[str, ...] = ()  # what device actions left on screen: a URL, a push...
+
+
+def turned(width: int, height: int, rotation: int) -> tuple[int, int]:
+    """A picture's size after turning it ``rotation`` degrees."""
+    return (height, width) if rotation % 180 else (width, height)
 
 
 def _opacity(age: float) -> float:
@@ -114,6 +122,8 @@ class SimulatedDevice:
         self.controls_applied = 0
         self.typed = ""
         self.last_action = "none"
+        self.rotation = 0
+        self.notices: dict[str, str] = {}  # "url", "push", "location" -> what it shows
         self._taps: deque[_TapMark] = deque(maxlen=MAX_MARKS)
         self._swipes: deque[_SwipeMark] = deque(maxlen=MAX_MARKS)
         # Keyed by a token per stream: two streams may pass the same callable.
@@ -160,6 +170,8 @@ class SimulatedDevice:
             swipes=tuple((mark, _opacity(now - mark.at)) for mark in self._swipes),
             typed=self.typed,
             last_action=self.last_action,
+            rotation=self.rotation,
+            notices=tuple(f"{name}: {text}" for name, text in self.notices.items()),
         )
 
 
@@ -268,6 +280,9 @@ class _Painter:
             fill=(10, 10, 10),
             font=self._medium,
         )
+        for row, notice in enumerate(scene.notices):
+            top = _LABEL_TOP + _LABEL_HEIGHT + 12 + row * 32
+            draw.text((16, top), notice[:60], fill=(255, 255, 255), font=self._small)
         for swipe, opacity in scene.swipes:
             self._draw_swipe(draw, swipe, round(255 * opacity))
         for tap, opacity in scene.taps:
@@ -275,6 +290,8 @@ class _Painter:
             ring = (tap.x - 24, tap.y - 24, tap.x + 24, tap.y + 24)
             draw.ellipse(ring, outline=(255, 214, 10, alpha), width=6)
             draw.ellipse((tap.x - 7, tap.y - 7, tap.x + 7, tap.y + 7), fill=(255, 255, 255, alpha))
+        if scene.rotation:
+            image = image.rotate(scene.rotation, expand=True)
         return np.asarray(image)
 
     @staticmethod
@@ -298,12 +315,19 @@ class _FrameMaker:
 
     def __init__(self, device: DeviceInfo, quality: int) -> None:
         self._painter = _Painter(device.pixel_width, device.pixel_height, device.name)
-        self._encoder = JpegEncoder(device.pixel_width, device.pixel_height, quality)
+        self._quality = quality
+        # One encoder per picture size: portrait, and landscape once the device is turned.
+        self._encoders: dict[tuple[int, int], JpegEncoder] = {}
 
     def make(self, scene: _Scene) -> tuple[bytes, float]:
         """Return the JPEG and how long painting and encoding it took, in seconds."""
         started = time.perf_counter()
-        jpeg = self._encoder.encode(self._painter.paint(scene))
+        pixels = self._painter.paint(scene)
+        height, width = pixels.shape[:2]
+        encoder = self._encoders.get((width, height))
+        if encoder is None:
+            encoder = self._encoders[width, height] = JpegEncoder(width, height, self._quality)
+        jpeg = encoder.encode(pixels)
         return jpeg, time.perf_counter() - started
 
 
@@ -393,7 +417,7 @@ class SimulatedStatistics:
     active_log_streams: int
 
 
-class SimulatedBackend:
+class SimulatedBackend(SimulatedActions):
     """A ``DeviceBackend`` whose devices exist only in this process."""
 
     name = BACKEND_NAME
@@ -547,10 +571,12 @@ class SimulatedBackend:
                     maker.make, scene, limiter=self._encode_limiter
                 )
                 self._record_render(seconds)
+                width, height = turned(info.pixel_width, info.pixel_height, scene.rotation)
                 sink.publish(
                     jpeg,
-                    pixel_width=info.pixel_width,
-                    pixel_height=info.pixel_height,
+                    pixel_width=width,
+                    pixel_height=height,
+                    point_size=turned(info.point_width, info.point_height, scene.rotation),
                     timestamp=wall_time,
                     input_seq=scene.input_seq,
                 )
@@ -567,7 +593,8 @@ class SimulatedBackend:
             limiter=self._encode_limiter,
         )
         self._record_render(seconds)
-        return Screenshot.jpeg_of(state.info, jpeg)
+        width, height = turned(state.info.pixel_width, state.info.pixel_height, scene.rotation)
+        return Screenshot.jpeg_of(state.info, jpeg, pixel_width=width, pixel_height=height)
 
     async def stream_logs(self, device: DeviceInfo, emit: Callable[[LogLine], None]) -> None:
         """Emit background chatter every ``log_interval`` seconds, and a line per control."""

@@ -23,6 +23,7 @@ from .._errors import BadInput, DeviceError, SessionNotFound
 from .responses import json_response, redirect_response
 from .routes import BLUEPRINTS
 from .state import AppState, app_state
+from .uploads import upload_request_class
 
 log = logging.getLogger("bridge_actors.http")
 
@@ -52,6 +53,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
         # new index.html with a cached app.js.
         SEND_FILE_MAX_AGE_DEFAULT=0,
     )
+    app.request_class = upload_request_class(app.request_class, settings.upload_max_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented key order
     AppState(bridge).install(app)
     for blueprint in BLUEPRINTS:

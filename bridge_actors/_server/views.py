@@ -183,6 +183,7 @@ def stats_document(snapshot: BridgeStatistics, server: Mapping[str, Any]) -> dic
         "sessions": plain(snapshot.sessions),
         "store": plain(snapshot.store),
         "kpis": plain(snapshot.kpis),
+        "actions": plain(snapshot.actions),
         "server": {"ready": snapshot.ready, **server},
     }
 

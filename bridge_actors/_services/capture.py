@@ -114,8 +114,13 @@ class CaptureService:
         pixel_height: int,
         timestamp: float | None = None,
         input_seq: int | None = None,
+        point_size: tuple[int, int] | None = None,
     ) -> None:
         now = trio.current_time()
+        point_width, point_height = point_size or (
+            self.device.point_width,
+            self.device.point_height,
+        )
         self._seq += 1
         frame = Frame(
             seq=self._seq,
@@ -124,8 +129,8 @@ class CaptureService:
             jpeg=jpeg,
             pixel_width=pixel_width,
             pixel_height=pixel_height,
-            point_width=self.device.point_width,
-            point_height=self.device.point_height,
+            point_width=point_width,
+            point_height=point_height,
             input_seq=self.applied_input_seq if input_seq is None else input_seq,
         )
         self._in.add(now)

@@ -88,6 +88,11 @@ class LogStream:
         for subscriber in self._subscribers:
             subscriber._push(line)
 
+    def note(self, line: LogLine) -> None:
+        """Show a line that did not come from the device (an action taken on it) to every
+        subscriber, in order with the device's own lines."""
+        self._emit(line)
+
     async def _read(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
