@@ -19,7 +19,9 @@ Two things Hypercorn cannot do for us:
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -33,6 +35,7 @@ from .._settings import Settings
 from .app import create_app
 from .probes import ProbeFastPath
 from .state import app_state
+from .tokens import TokenStore
 from .worker import worker_serve
 from .wsclose import install as install_ws_close
 
@@ -199,6 +202,7 @@ async def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     try:
         app = create_app(bridge)
+        app_state(app).gate.bind(bound_host)  # no server without auth on an exposed address
     except BaseException:
         sock.close()
         raise
@@ -207,6 +211,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
             await nursery.start(app_state(app).stuck.run)
+            nursery.start_soon(reload_tokens_on_sighup, app_state(app).gate.tokens)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))
@@ -225,6 +230,15 @@ async def serve(
         error = one_exception(group, "server")
         raise error from error.__cause__  # its own cause, not the group around it
     log.info("server stopped")
+
+
+async def reload_tokens_on_sighup(tokens: TokenStore) -> None:
+    """Re-read the token file on SIGHUP; open connections keep what they were admitted with."""
+    if tokens.path is None or threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread; an embedding app reloads itself
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            tokens.reload()
 
 
 def _url_host(host: str) -> str:

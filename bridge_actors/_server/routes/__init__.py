@@ -1,11 +1,12 @@
 """The app's routes, one blueprint per part of the API; :func:`~.app.create_app` composes them."""
 
+from .access import access
 from .extras import extras
 from .monitoring import monitoring
 from .sessions import sessions
 from .sockets import sockets
 from .viewer import viewer
 
-BLUEPRINTS = (viewer, monitoring, sessions, extras, sockets)
+BLUEPRINTS = (viewer, monitoring, sessions, extras, sockets, access)
 
 __all__ = ["BLUEPRINTS"]
