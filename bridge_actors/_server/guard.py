@@ -36,6 +36,7 @@ from quart_trio import QuartTrio
 from .._errors import RateLimited
 from .._services.ratelimit import SlidingWindow
 from .._settings import Settings
+from ..wire import RATE_LIMITED
 from .audit import AuditLog
 from .authz import (
     ANONYMOUS_ADMIN,
@@ -67,13 +68,15 @@ __all__ = ["Admission", "Gatekeeper", "install", "redact"]
 SUBPROTOCOL_PREFIX = "bridge.token."
 AUDIT_FILE = "audit.jsonl"
 # Endpoints anyone may reach: the viewer's own files and pages (a browser cannot send a
-# token with a navigation), the reference, and the probes an orchestrator asks.
+# token with a navigation), the reference, and the probes an orchestrator asks (answered
+# in front of the app as well, see .probes: counts and states, nothing to act on).
 PUBLIC_ENDPOINTS = frozenset(
     {
         "static",
         "viewer.index",
         "viewer.docs",
         "viewer.openapi",
+        "monitoring.health",
         "monitoring.livez",
         "monitoring.readyz",
     }
@@ -117,7 +120,8 @@ class Refusal:
 
     @property
     def close_code(self) -> int:
-        return 4000 + self.status
+        """4401, 4403, 4421; a rate limit is the 4029 every socket uses (docs/protocol.md)."""
+        return RATE_LIMITED if self.status == 429 else 4000 + self.status
 
 
 class Gatekeeper:

@@ -33,6 +33,7 @@ from .._bridge import Bridge
 from .._checks import one_exception
 from .._settings import Settings
 from .app import create_app
+from .authz import effective_mode
 from .probes import ProbeFastPath
 from .state import app_state
 from .tokens import TokenStore
@@ -190,6 +191,8 @@ async def serve(
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     install_ws_close()
+    if listener is None:  # refuse an exposed address without auth before binding it
+        effective_mode(settings.auth, [host], allow_unauthenticated=settings.allow_unauthenticated)
     if listener is not None:
         sock = listener
     else:

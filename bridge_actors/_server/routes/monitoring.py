@@ -24,7 +24,6 @@ monitoring = Blueprint("monitoring", __name__)
 
 
 @monitoring.get("/health")
-@requires("watch")
 async def health() -> dict[str, Any]:
     """Health, session count, connection and resource statistics (as ios-bridge)."""
     return current_state().probes.health()
