@@ -186,9 +186,7 @@ class Gatekeeper:
         """Admit ``connection`` (a request or WebSocket) or say why not. ``permission``
         None marks a public route."""
         client = connection_client(connection, self.settings.trusted_proxies)
-        host = connection.headers.get("Host")
-        if not host_allowed(host, self.server_names(connection)):
-            return self.refuse(Admission(None, client, self.audit), 421, "unknown Host", host)
+        host = connection.headers.get("Host")  # known to be ours: see HostGate
         admission = Admission(None, client, self.audit)
         if permission is None:
             return admission, None
@@ -242,10 +240,10 @@ class Gatekeeper:
         self.refused[refusal.status] += 1
         return admission, refusal
 
-    def server_names(self, connection: Any) -> frozenset[str]:
+    def server_names(self, scope: Any) -> frozenset[str]:
         if self.settings.server_names:
             return frozenset(self.settings.server_names)
-        server = connection.scope.get("server")
+        server = scope.get("server")
         bound = default_server_names(server[0]) if server else frozenset()
         return default_server_names(self.settings.host) | bound
 
@@ -292,8 +290,47 @@ def _view_permission(app: QuartTrio, endpoint: str | None) -> Permission | None:
     return permission_of(app.view_functions.get(endpoint) if endpoint else None)
 
 
+class HostGate:
+    """ASGI in front of Quart: a request whose ``Host`` is not ours gets 421 (a WebSocket
+    4421), before the router reads the name (a malformed one would be its 500)."""
+
+    def __init__(self, app: Any, gate: Gatekeeper) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = None
+        for name, value in scope.get("headers", ()):
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        if host_allowed(host, self.gate.server_names(scope)):
+            await self.app(scope, receive, send)
+            return
+        self.gate.refused[421] += 1
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        self.gate.audit.write("refused", None, address, None, status=421, detail=redact(host or ""))
+        if scope["type"] == "http":
+            body = b'{"success":false,"detail":"unknown Host: not a name of this server"}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            await send({"type": "http.response.start", "status": 421, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4421, "reason": "unknown Host"})
+
+
 def install(app: QuartTrio, gate: Gatekeeper) -> None:
     """Put ``gate`` in front of every route of ``app``."""
+    app.asgi_app = HostGate(app.asgi_app, gate)  # type: ignore[method-assign]
     access = logging.getLogger("hypercorn.access")
     if _REDACTOR not in access.filters:
         access.addFilter(_REDACTOR)
