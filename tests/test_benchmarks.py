@@ -169,6 +169,7 @@ SCENARIOS = {
     "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
              "--keep-alive-timeout", "1", "--no-plots"],
     "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
+    "auth": ["--connects", "3", "--no-plots"],
 }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from quart_trio import QuartTrio
 from .._errors import RateLimited
 from .._services.ratelimit import SlidingWindow
 from .._settings import Settings
-from ..wire import RATE_LIMITED
+from ..wire import MISDIRECTED, RATE_LIMITED
 from .audit import AuditLog
 from .authz import (
     ANONYMOUS_ADMIN,
@@ -325,7 +325,7 @@ class HostGate:
             return
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": 4421, "reason": "unknown Host"})
+        await send({"type": "websocket.close", "code": MISDIRECTED, "reason": "unknown Host"})
 
 
 def install(app: QuartTrio, gate: Gatekeeper) -> None:
@@ -408,7 +408,7 @@ def install(app: QuartTrio, gate: Gatekeeper) -> None:
         code = refusal.close_code
         if refusal.status == 429:
             reason = f"retry_after={refusal.retry_after}"
-        await websocket.close(code, reason)
+        await websocket.close(code, reason)  # UNAUTHORIZED, FORBIDDEN, RATE_LIMITED (wire)
         return ""  # the handler does not run: the socket is closed
 
 
