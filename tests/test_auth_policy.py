@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hmac
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from bridge_actors import Settings, open_bridge, serve
 from bridge_actors._server import tokens as tokens_module
+from bridge_actors._server.audit import AuditLog
 from bridge_actors._server.authz import (
     ANONYMOUS_ADMIN,
     Principal,
@@ -39,7 +41,7 @@ from bridge_actors._server.authz import (
     permission_of,
     requires,
 )
-from bridge_actors._server.guard import Gatekeeper, _bearer, redact
+from bridge_actors._server.guard import ControlRate, Gatekeeper, _bearer, redact
 from bridge_actors._server.origins import (
     default_server_names,
     host_allowed,
@@ -395,3 +397,33 @@ def test_any_websocket_credential_gets_a_documented_close(live, subprotocol, que
     code = trio.run(attempt)
     assert code in DOCUMENTED_CLOSES
     assert live["problems"] == []
+
+
+def test_control_messages_are_limited_per_second_per_connection():
+    rate = ControlRate(limit=3)
+    assert [rate.admit(10.0 + i * 0.1) for i in range(5)] == [True, True, True, False, False]
+    assert rate.admit(11.0) and rate.admit(11.5) and rate.admit(11.9)
+    assert not rate.admit(11.95)
+    assert rate.admit(12.0)
+
+
+def test_the_audit_log_is_json_lines_rotated_and_holds_no_token(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=4096, backups=2)
+    who = Principal("ci", Role.OPERATOR)
+    for number in range(100):
+        log.write("control", who, "127.0.0.1", "session-1", kind="tap", number=number)
+    log.close()
+    files = sorted(tmp_path.glob("audit.jsonl*"))
+    assert [f.name for f in files] == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    last = [json.loads(line) for line in files[0].read_text().splitlines()][-1]
+    assert last == {
+        "time": last["time"],
+        "event": "control",
+        "who": "ci",
+        "role": "operator",
+        "client": "127.0.0.1",
+        "session": "session-1",
+        "kind": "tap",
+        "number": 99,
+    }
+    assert log.statistics()["events"] == {"control": 100}

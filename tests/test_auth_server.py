@@ -551,3 +551,52 @@ def test_allowing_unauthenticated_warns_and_an_exposed_default_is_token(tmp_path
     assert Gatekeeper(Settings(state_dir=tmp_path, host="::1")).mode == "none"
     with pytest.raises(InvalidSettings):
         Gatekeeper(Settings(state_dir=tmp_path, host="192.0.2.1", auth="none"))
+
+
+async def test_session_changes_token_use_and_refusals_are_audited(tmp_path):
+    async with token_server(tmp_path) as (server, tokens):
+        admin = {"Authorization": f"Bearer {tokens['admin']}"}
+        config = (await server.http.get("/api/sessions/configurations", headers=admin)).json()
+        body = {
+            "device_type": config["configurations"]["device_types"][0],
+            "ios_version": config["configurations"]["ios_versions"][0],
+        }
+        created = await server.http.post("/api/sessions/create", json=body, headers=admin)
+        new = created.json()["session_id"]
+        await server.http.delete(f"/api/sessions/{new}", headers=admin)
+        spectator = {"Authorization": f"Bearer {tokens['spectator']}"}
+        await server.http.get(f"/api/sessions/{server.session_id}", headers=spectator)
+        await server.http.delete(f"/api/sessions/{server.session_id}", headers=spectator)
+        lines = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
+        entries = [json.loads(line) for line in lines]
+        events = [(e["event"], e.get("who"), e.get("session")) for e in entries]
+        assert ("sessions.create_session", "admin", None) in events
+        assert ("sessions.delete_session", "admin", new) in events
+        assert ("token_use", "spectator", server.session_id) in events
+        refusal = [e for e in entries if e["event"] == "refused" and e.get("who") == "spectator"]
+        assert refusal[-1]["status"] == 403 and refusal[-1]["client"] == "127.0.0.1"
+        for token in tokens.values():
+            assert token not in "\n".join(lines)
+
+
+async def test_other_features_record_their_events_through_the_hook(tmp_path):
+    from quart import Blueprint
+
+    from bridge_actors._server.audit import record
+
+    settings = Settings(state_dir=tmp_path, initial_session=False)
+    app = create_app(_FakeBridge(settings))  # type: ignore[arg-type]
+    extra = Blueprint("pushes", __name__)
+
+    @extra.post("/api/sessions/<session_id>/files")
+    async def push_file(session_id: str) -> dict[str, bool]:
+        record("file_push", session_id, name="report.pdf")
+        return {"success": True}
+
+    app.register_blueprint(extra)
+    client = app.test_client()
+    response = await client.post("/api/sessions/s1/files", headers={"Host": "127.0.0.1"})
+    assert response.status_code == 200
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    pushed = [e for e in entries if e["event"] == "file_push"]
+    assert pushed == [{**pushed[0], "who": "anonymous", "session": "s1", "name": "report.pdf"}]

@@ -27,6 +27,7 @@ import logging
 import math
 import re
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import trio
@@ -378,38 +379,41 @@ def install(app: QuartTrio, gate: Gatekeeper) -> None:
                 )
         return response
 
-    @app.before_websocket
-    async def admit_websocket() -> str | None:
-        credential, subprotocol = _websocket_credential()
-        kind = (websocket.view_args or {}).get("kind") or _kind_of(websocket.endpoint)
-        session_id = (websocket.view_args or {}).get("session_id")
-        admission, refusal = gate.judge(
-            websocket,
-            permission=_view_permission(app, websocket.endpoint),
-            session_id=session_id,
-            credential=credential,
-            checks_origin=True,
-        )
-        g.admission = admission
-        principal = admission.principal
-        if (
-            refusal is None
-            and principal is not None
-            and session_id is not None
-            and not principal.may_open(kind, session_id)
-        ):
-            reason = f"role {principal.role} may not open {kind}"
-            _, refusal = gate.refuse(admission, 403, reason, None, session_id)
-        # A browser that offered subprotocols fails the handshake unless one is chosen.
-        await websocket.accept(subprotocol=subprotocol)
-        if refusal is None:
-            return None
-        reason = refusal.reason
-        code = refusal.close_code
-        if refusal.status == 429:
-            reason = f"retry_after={refusal.retry_after}"
-        await websocket.close(code, reason)  # UNAUTHORIZED, FORBIDDEN, RATE_LIMITED (wire)
-        return ""  # the handler does not run: the socket is closed
+    app.before_websocket(partial(_admit_websocket, app, gate))
+
+
+async def _admit_websocket(app: QuartTrio, gate: Gatekeeper) -> str | None:
+    """Admit the WebSocket being opened, or accept and close it with the refusal's code."""
+    credential, subprotocol = _websocket_credential()
+    kind = (websocket.view_args or {}).get("kind") or _kind_of(websocket.endpoint)
+    session_id = (websocket.view_args or {}).get("session_id")
+    admission, refusal = gate.judge(
+        websocket,
+        permission=_view_permission(app, websocket.endpoint),
+        session_id=session_id,
+        credential=credential,
+        checks_origin=True,
+    )
+    g.admission = admission
+    principal = admission.principal
+    if (
+        refusal is None
+        and principal is not None
+        and session_id is not None
+        and not principal.may_open(kind, session_id)
+    ):
+        reason = f"role {principal.role} may not open {kind}"
+        _, refusal = gate.refuse(admission, 403, reason, None, session_id)
+    # A browser that offered subprotocols fails the handshake unless one is chosen.
+    await websocket.accept(subprotocol=subprotocol)
+    if refusal is None:
+        return None
+    reason = refusal.reason
+    code = refusal.close_code
+    if refusal.status == 429:
+        reason = f"retry_after={refusal.retry_after}"
+    await websocket.close(code, reason)  # UNAUTHORIZED, FORBIDDEN, RATE_LIMITED (wire)
+    return ""  # the handler does not run: the socket is closed
 
 
 def _kind_of(endpoint: str | None) -> str:
@@ -446,11 +450,18 @@ def _refusal_response(refusal: Refusal, credential_given: bool) -> Response:
 
 
 @dataclasses.dataclass(slots=True)
-class _ControlWindow:
-    """This connection's control messages in the current one-second window."""
+class ControlRate:
+    """One connection's control messages: at most ``limit`` in each one-second window."""
 
-    started: float
+    limit: int
+    started: float = -math.inf
     count: int = 0
+
+    def admit(self, now: float) -> bool:
+        if now - self.started >= 1.0:
+            self.started, self.count = now, 0
+        self.count += 1
+        return self.count <= self.limit
 
 
 def admit_control(gate: Gatekeeper, session_id: str, event: object) -> str | None:
@@ -467,15 +478,12 @@ def admit_control(gate: Gatekeeper, session_id: str, event: object) -> str | Non
         gate.control_refused += 1
         gate.audit.write("control_refused", principal, client, session_id, kind=kind)
         return f"control refused: role {principal.role} may only watch this session"
-    now = trio.current_time()
-    window: _ControlWindow | None = g.get("control_window")
-    if window is None or now - window.started >= 1.0:
-        window = g.control_window = _ControlWindow(now)
-    window.count += 1
-    if window.count > gate.settings.control_messages_per_second:
+    rate: ControlRate | None = g.get("control_rate")
+    if rate is None:
+        rate = g.control_rate = ControlRate(gate.settings.control_messages_per_second)
+    if not rate.admit(trio.current_time()):
         gate.control_rate_limited += 1
-        limit = gate.settings.control_messages_per_second
-        return f"control refused: more than {limit} control messages per second"
+        return f"control refused: more than {rate.limit} control messages per second"
     gate.audit.write("control", principal, client, session_id, kind=kind)
     return None
 
