@@ -40,7 +40,7 @@ class AuditLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._handler = logging.handlers.RotatingFileHandler(
-                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
+                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
             )
 
     def write(
