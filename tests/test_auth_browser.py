@@ -91,11 +91,22 @@ async def test_a_page_of_another_origin_cannot_control_delete_or_create(tmp_path
 
 
 async def test_the_built_in_viewer_on_its_own_origin_works(tmp_path, browser):  # noqa: F811
-    async with running_server(tmp_path) as server, open_ui(browser, server.url) as ui:
-        await ui.wait_for("s.framesDrawn >= 2 && s.controlStatus === 'open'")
-        await ui(tap_canvas, 0.5, 0.5)
-        await ui.wait_for("s.acks >= 1")
-        assert ui.problems == []
+    async with running_server(tmp_path) as server:
+        async with open_ui(browser, server.url) as ui:
+            await ui.wait_for("s.framesDrawn >= 2 && s.controlStatus === 'open'")
+            await ui(tap_canvas, 0.5, 0.5)
+            await ui.wait_for("s.acks >= 1")
+            assert ui.problems == [], "its CSP blocks nothing the viewer needs"
+        async with open_ui(browser, server.url + "/docs") as docs:
+            await docs(lambda page: page.wait_for_selector(".op"))
+            width = await docs(
+                lambda page: page.evaluate(
+                    "getComputedStyle(document.querySelector('main')).maxWidth"
+                )
+            )
+            assert width != "none", "docs.css applies"
+            refused = [p for p in docs.problems if "Refused to" in p or "Security Policy" in p]
+            assert refused == []
 
 
 async def test_a_share_link_opens_the_viewer_as_a_spectator_whose_taps_are_refused(
