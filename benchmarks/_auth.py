@@ -6,7 +6,9 @@ between them, so both meet the same machine at the same moment. Measured:
 
 * connect-to-first-frame of a video socket (TCP connect, handshake with the
   token as subprotocol, admission, first frame), p50 and p99;
-* one authenticated REST request on a fresh connection, p50 and p99.
+* one authenticated REST request on a fresh connection, p50 and p99;
+* the cost of a token: the median of each round's difference (token minus none),
+  which the machine's load, moving both alike, leaves out. Target: within 1 ms.
 
 The token file is written as an operator would (README, "Authorization and limits").
 
@@ -108,9 +110,14 @@ async def auth(ctx: Context, *, connects: int = 200) -> None:
         figures[f"{name}_rest_p99_ms"] = rounded(quantile(rest_ms[name], 0.99))
     p50_cost = quantile(frame_ms["token"], 0.5) - quantile(frame_ms["none"], 0.5)  # type: ignore[operator]
     p99_cost = quantile(frame_ms["token"], 0.99) - quantile(frame_ms["none"], 0.99)  # type: ignore[operator]
+    # Each round's token connect minus its none connect, made moments apart: the load of
+    # the machine, which moves both, cancels out of the difference.
+    paired = [t - n for t, n in zip(frame_ms["token"], frame_ms["none"], strict=True)]
+    paired_cost = quantile(paired, 0.5)
     figures["token_cost_first_frame_p50_ms"] = rounded(p50_cost)
     figures["token_cost_first_frame_p99_ms"] = rounded(p99_cost)
+    figures["token_cost_paired_median_ms"] = rounded(paired_cost, 3)
     await ctx.results.add_figures("auth", "admission", figures)
     await ctx.results.add_targets(
-        at_most("auth", "token cost, connect-to-first-frame p50", p50_cost, 1.0, " ms", 3),
+        at_most("auth", "token cost, first frame (paired median)", paired_cost, 1.0, " ms", 3),
     )
