@@ -41,7 +41,8 @@ from bridge_actors._server.authz import (
     permission_of,
     requires,
 )
-from bridge_actors._server.guard import ControlRate, Gatekeeper, _bearer, redact
+from bridge_actors._server.control_admission import ControlRate
+from bridge_actors._server.guard import Gatekeeper, _bearer, redact
 from bridge_actors._server.origins import (
     default_server_names,
     host_allowed,

@@ -16,7 +16,9 @@ from quart_trio import QuartTrio
 from .._bridge import Bridge
 from .._services.ratelimit import SlidingWindow
 from .abort import StuckSockets
-from .guard import AuthCollector, Gatekeeper, admit_control
+from .authmetrics import AuthCollector
+from .control_admission import admit_control
+from .guard import Gatekeeper
 from .metrics import make_registry
 from .probes import Probes
 from .ws import OpenSockets, SocketHandlers
