@@ -350,7 +350,7 @@ HEADER_TEXT = st.text(alphabet=PRINTABLE, max_size=120).map(str.strip)
 
 @EXAMPLES
 @given(
-    authorization=HEADER_TEXT,
+    authorization=HEADER_TEXT | HEADER_TEXT.map(lambda text: f"Bearer link.{text}".strip()),
     origin=HEADER_TEXT,
     host=HEADER_TEXT,
     method=st.sampled_from(["GET", "POST", "DELETE"]),
@@ -379,7 +379,7 @@ TOKEN_CHARS = st.text(
 
 @EXAMPLES
 @given(
-    subprotocol=TOKEN_CHARS,
+    subprotocol=TOKEN_CHARS | TOKEN_CHARS.map(lambda text: "link." + text),
     query=st.text(max_size=80),
     kind=st.sampled_from(["video", "control", "logs"]),
 )

@@ -205,8 +205,8 @@ class Gatekeeper:
             wait = self.failures.retry_after(client, now)
             if wait > 0:
                 seconds = max(1, math.ceil(wait))
-                refusal = Refusal(429, "too many failed attempts", seconds)
-                return self._count(admission, refusal)
+                self.audit.write("refused", None, client, session_id, status=429)
+                return self._count(admission, Refusal(429, "too many failed attempts", seconds))
             principal = self.resolve(credential) if credential else None
             if principal is None and credential:
                 with contextlib.suppress(RateLimited):  # refused either way
