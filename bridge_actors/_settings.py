@@ -284,6 +284,9 @@ class Settings(pydantic.BaseModel):
     audit_log_max_bytes: int = pydantic.Field(
         10485760, ge=4096, description="size at which the audit log is rotated"
     )
+    max_header_bytes: int = pydantic.Field(
+        16384, ge=1024, description="largest request line and headers of an HTTP request"
+    )
     audit_log_backups: int = pydantic.Field(5, ge=1, description="rotated audit log files kept")
 
     @pydantic.model_validator(mode="wrap")

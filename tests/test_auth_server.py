@@ -600,3 +600,24 @@ async def test_other_features_record_their_events_through_the_hook(tmp_path):
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     pushed = [e for e in entries if e["event"] == "file_push"]
     assert pushed == [{**pushed[0], "who": "anonymous", "session": "s1", "name": "report.pdf"}]
+
+
+async def test_a_request_line_or_headers_over_the_limit_are_refused(tmp_path):
+    from raw import connect, read_to_eof, status_of
+
+    async with running_server(tmp_path, max_header_bytes=2048) as server:
+        close = b"Host: 127.0.0.1\r\nConnection: close\r\n"
+        for head in (
+            b"GET /api/sessions/?" + b"a" * 3000 + b" HTTP/1.1\r\n" + close + b"\r\n",
+            b"GET /api/sessions/ HTTP/1.1\r\n" + close + b"X-Big: " + b"b" * 3000 + b"\r\n\r\n",
+        ):
+            stream = await connect(server.port)
+            await stream.send_all(head)
+            answer = await read_to_eof(stream)
+            assert status_of(answer) == 431, answer[:100]
+        fits = await server.http.get("/api/sessions/", headers={"X-Small": "c" * 1000})
+        assert fits.status_code == 200
+        stats = await server.stats()
+        assert stats["server"]["auth"]["refused_by_status"]["431"] == 2
+        metrics = (await server.http.get("/metrics")).text
+        assert 'bridge_auth_refused_total{status="431"} 2.0' in metrics

@@ -28,10 +28,10 @@ class AuthCollector:
         yield admitted
         refused = CounterMetricFamily(
             "bridge_auth_refused",
-            "Requests and WebSockets refused by the gate, by HTTP status (421, 401, 403, 429).",
+            "Requests and WebSockets refused by the gate, by HTTP status (401 403 421 429 431).",
             labels=["status"],
         )
-        for status in (401, 403, 421, 429):
+        for status in (401, 403, 421, 429, 431):
             refused.add_metric([str(status)], self.gate.refused[status])
         yield refused
         yield CounterMetricFamily(

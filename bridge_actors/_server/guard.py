@@ -51,6 +51,7 @@ from .authz import (
     permission_of,
 )
 from .forwarded import connection_client
+from .json_codec import encode_json
 from .origins import (
     SAFE_METHODS,
     cross_site_without_origin,
@@ -187,7 +188,7 @@ class Gatekeeper:
         """Admit ``connection`` (a request or WebSocket) or say why not. ``permission``
         None marks a public route."""
         client = connection_client(connection, self.settings.trusted_proxies)
-        host = connection.headers.get("Host")  # known to be ours: see HostGate
+        host = connection.headers.get("Host")  # known to be ours: see FrontGate
         admission = Admission(None, client, self.audit)
         if permission is None:
             return admission, None
@@ -291,9 +292,13 @@ def _view_permission(app: QuartTrio, endpoint: str | None) -> Permission | None:
     return permission_of(app.view_functions.get(endpoint) if endpoint else None)
 
 
-class HostGate:
-    """ASGI in front of Quart: a request whose ``Host`` is not ours gets 421 (a WebSocket
-    4421), before the router reads the name (a malformed one would be its 500)."""
+class FrontGate:
+    """ASGI in front of Quart, for what must be judged before the router reads a request.
+
+    A ``Host`` that is not ours gets 421 (a WebSocket 4421): the router would turn a
+    malformed name into a 500. A request line and headers over ``max_header_bytes``
+    get 431 (h11 bounds only what is still incomplete, not a head that came whole).
+    """
 
     def __init__(self, app: Any, gate: Gatekeeper) -> None:
         self.app = app
@@ -303,11 +308,14 @@ class HostGate:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = None
-        for name, value in scope.get("headers", ()):
-            if name == b"host":
-                host = value.decode("latin-1")
-                break
+        headers = scope.get("headers", ())
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.gate.settings.max_header_bytes:
+            self.gate.refused[431] += 1
+            await _refuse_at_the_door(scope, receive, send, 431, "request headers too large")
+            return
+        host = next((v.decode("latin-1") for n, v in headers if n == b"host"), None)
         if host_allowed(host, self.gate.server_names(scope)):
             await self.app(scope, receive, send)
             return
@@ -315,23 +323,29 @@ class HostGate:
         client = scope.get("client")
         address = client[0] if client else "unknown"
         self.gate.audit.write("refused", None, address, None, status=421, detail=redact(host or ""))
-        if scope["type"] == "http":
-            body = b'{"success":false,"detail":"unknown Host: not a name of this server"}'
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ]
-            await send({"type": "http.response.start", "status": 421, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": MISDIRECTED, "reason": "unknown Host"})
+        await _refuse_at_the_door(scope, receive, send, 421, "unknown Host")
+
+
+def json_bytes(body: dict[str, Any]) -> bytes:
+    return encode_json(body).encode()
+
+
+async def _refuse_at_the_door(scope, receive, send, status: int, reason: str) -> None:
+    if scope["type"] == "http":
+        body = json_bytes({"success": False, "detail": reason})
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    code = MISDIRECTED if status == 421 else 4000 + status
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 def install(app: QuartTrio, gate: Gatekeeper) -> None:
     """Put ``gate`` in front of every route of ``app``."""
-    app.asgi_app = HostGate(app.asgi_app, gate)  # type: ignore[method-assign]
+    app.asgi_app = FrontGate(app.asgi_app, gate)  # type: ignore[method-assign]
     access = logging.getLogger("hypercorn.access")
     if _REDACTOR not in access.filters:
         access.addFilter(_REDACTOR)

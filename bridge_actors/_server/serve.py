@@ -90,6 +90,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = settings.shutdown_grace * HYPERCORN_GRACE_SHARE
     config.include_server_header = False
     config.keep_alive_timeout = settings.keep_alive_timeout
+    config.h11_max_incomplete_size = settings.max_header_bytes  # the request line and headers
     return config
 
 
