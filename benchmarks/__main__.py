@@ -4,6 +4,7 @@ Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, http
 (REST throughput and latency on keep-alive, ``Connection: close`` and proxied
 connections, idle connections, and the server's descriptors after each),
 rounds (rounds of video viewers that never read; the server's RSS after each),
+auth (connect-to-first-frame and REST latency with auth none against token),
 and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
@@ -27,14 +28,14 @@ from typing import Any
 import psutil
 import trio
 
-from . import _rest, _scenarios, _stress
+from . import _auth, _rest, _scenarios, _stress
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
 from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "standard",
+    "auth", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--rounds", type=_positive(int), default=5, help="rounds: rounds")
     load.add_argument(
+        "--connects", type=_positive(int), default=200, help="auth: connects per mode"
+    )
+    load.add_argument(
         "--round-viewers", type=_positive(int), default=500, help="rounds: viewers per round"
     )
     return parser
@@ -258,6 +262,10 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
             budget((args.rounds + 1) * (args.round_viewers / 50 + args.deadline + 15 + 40)),
             partial(_stress.rounds, ctx, rounds=args.rounds, viewers=args.round_viewers,
                     deadline=args.deadline, fmt=fmt),
+        ),
+        "auth": (
+            budget(args.connects * 0.2 + 30),
+            partial(_auth.auth, ctx, connects=args.connects),
         ),
     }  # fmt: skip
     if args.scenario != "standard":

@@ -71,7 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
     for field, info in Settings.model_fields.items():
         _add_setting_flag(serve, field, info.annotation)
     commands.add_parser("demo", help="the library on its own: viewers in one process, no server")
+    _add_token_command(commands)
     return parser
+
+
+def _add_token_command(commands: Any) -> None:
+    token = commands.add_parser(
+        "token",
+        help="mint a token: the token on stderr, its token-file entry on stdout",
+        description="Mint a random token. The token is printed once, on stderr; the entry for"
+        " the token file (BRIDGE_TOKEN_FILE), which holds only its hash, on stdout:"
+        " bridge-actors token --name ci --role operator >> tokens.toml",
+    )
+    token.add_argument("--name", required=True, help="who holds it, as the audit log shows")
+    token.add_argument(
+        "--role", choices=("admin", "operator", "spectator"), default="operator", help="its role"
+    )
+    token.add_argument(
+        "--session", action="append", dest="sessions", metavar="ID", help="only this session"
+    )
+    token.add_argument("--expires-in", type=float, metavar="SECONDS", help="expire after this")
+    token.add_argument("--no-logs", action="store_true", help="a spectator may not read logs")
+
+
+def _mint(args: argparse.Namespace) -> int:
+    import datetime
+
+    from ._server.authz import Role
+    from ._server.tokens import mint_token
+
+    expires = None
+    if args.expires_in is not None:
+        if not args.expires_in > 0:
+            print(f"{PROG} token: --expires-in must be positive", file=sys.stderr)
+            return 2
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        expires = now + datetime.timedelta(seconds=args.expires_in)
+    token, entry = mint_token(
+        args.name, Role(args.role), sessions=args.sessions, logs=not args.no_logs, expires=expires
+    )
+    print(f"token for {args.name!r} (shown once, keep it secret): {token}", file=sys.stderr)
+    sys.stdout.write(entry.to_toml())
+    return 0
 
 
 def _add_setting_flag(parser: argparse.ArgumentParser, field: str, annotation: Any) -> None:
@@ -138,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "token":
+        return _mint(args)
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2

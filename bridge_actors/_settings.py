@@ -256,6 +256,58 @@ class Settings(pydantic.BaseModel):
         description="device actions (install, open URL, location, push...) per session per minute",
     )
 
+    # Authorization: who may watch and who may touch (tokens, share links, origins, audit).
+    auth: Literal["none", "token"] | None = pydantic.Field(
+        None,
+        description="none or token (default: token when binding a non-loopback address, "
+        "else none); none on a non-loopback address refuses to start",
+    )
+    allow_unauthenticated: bool = pydantic.Field(
+        False, description="allow auth none on a non-loopback address (warns on every start)"
+    )
+    token_file: Path | None = pydantic.Field(
+        None, description="TOML file of token hashes and roles, reloaded on SIGHUP"
+    )
+    link_signing_key: pydantic.SecretStr | None = pydantic.Field(
+        None,
+        description="key that signs share links (default: generated into the state "
+        "directory, mode 0600)",
+    )
+    share_link_max_ttl: float = pydantic.Field(
+        86400.0, gt=0, description="longest lifetime of a share link, in seconds"
+    )
+    server_names: tuple[str, ...] = pydantic.Field(
+        (),
+        description="Host header values accepted, comma-separated; a name without a port "
+        "matches any port (default: the bind address, localhost, 127.0.0.1 and [::1])",
+    )
+    allowed_origins: tuple[str, ...] = pydantic.Field(
+        (),
+        description="page origins besides the server's own that may open WebSockets, make "
+        "state-changing calls and get CORS answers; comma-separated (null and file:// only "
+        "when listed)",
+    )
+    auth_failures_per_minute: int = pydantic.Field(
+        10, ge=1, description="failed credential attempts per client address per minute"
+    )
+    create_sessions_per_minute_per_token: int = pydantic.Field(
+        10, ge=1, description="sessions one token may create per minute"
+    )
+    control_messages_per_second: int = pydantic.Field(
+        60, ge=1, description="control messages per second per connection"
+    )
+    audit: bool = pydantic.Field(True, description="write the audit log")
+    audit_log: Path | None = pydantic.Field(
+        None, description="audit log file (JSON lines; default audit.jsonl in the state directory)"
+    )
+    audit_log_max_bytes: int = pydantic.Field(
+        10485760, ge=4096, description="size at which the audit log is rotated"
+    )
+    max_header_bytes: int = pydantic.Field(
+        16384, ge=1024, description="largest request line and headers of an HTTP request"
+    )
+    audit_log_backups: int = pydantic.Field(5, ge=1, description="rotated audit log files kept")
+
     @pydantic.model_validator(mode="wrap")
     @classmethod
     def _raise_invalid_settings(
@@ -324,6 +376,13 @@ class Settings(pydantic.BaseModel):
         if not names:
             raise ValueError(f"at least one backend is required (known: {', '.join(BACKENDS)})")
         return tuple(names)
+
+    @pydantic.field_validator("server_names", "allowed_origins", mode="before")
+    @classmethod
+    def _parse_name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @pydantic.field_validator("trusted_proxies", mode="before")
     @classmethod

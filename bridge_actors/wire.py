@@ -44,10 +44,12 @@ __all__ = [
     "BINARY_HEADER_SIZE",
     "BINARY_MAGIC",
     "CODEC_JPEG",
+    "FORBIDDEN",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "INVALID_DATA",
     "MESSAGE_TOO_BIG",
+    "MISDIRECTED",
     "NORMAL",
     "NOT_FOUND",
     "POLICY",
@@ -55,6 +57,7 @@ __all__ = [
     "RATE_LIMITED",
     "SESSION_FULL",
     "TRY_AGAIN_LATER",
+    "UNAUTHORIZED",
     "binary_frame",
     "encode_binary_header",
     "jpeg_base64",
@@ -76,6 +79,9 @@ TRY_AGAIN_LATER = 1013  # the server is at its limit of connections or captures
 NOT_FOUND = 4004  # no such session, or it was deleted while connected
 SESSION_FULL = 4009  # the session has as many connections as it may
 RATE_LIMITED = 4029  # too many connections from this client; reason "retry_after=N"
+UNAUTHORIZED = 4401  # no credentials, or invalid or expired ones (HTTP 401)
+FORBIDDEN = 4403  # the role may not, the session is not granted, or the Origin is not allowed
+MISDIRECTED = 4421  # the Host header names no name of this server (HTTP 421)
 
 # --- the binary video message -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -326,3 +327,18 @@ def test_rounds_records_the_rss_after_each_round(runs):
     names = {t["name"] for t in _kind(runs["rounds"], "target")}
     assert "round 2: server RSS after it vs after round 1" in names
     assert "round 2: server RSS after it vs after the round before" in names
+
+
+def test_auth_compares_admission_with_and_without_tokens(tmp_path):
+    """Run on its own, not with the others: its two servers would crowd the flood's timing."""
+    command = [sys.executable, "-m", "benchmarks", "auth", "--connects", "3", "--quick",
+               "--no-progress", "--no-plots", "--output", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout.decode()[-3000:]
+    (path,) = tmp_path.glob("auth-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    (figures,) = [r for r in records if r["kind"] == "figures"]
+    for mode in ("none", "token"):
+        assert figures[f"{mode}_first_frame_p50_ms"] > 0 and figures[f"{mode}_rest_p99_ms"] > 0
+    (target,) = [r for r in records if r["kind"] == "target"]
+    assert target["verdict"] in ("PASS", "FAIL") and target["verdict"] in done.stdout.decode()

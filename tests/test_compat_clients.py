@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunningServer, close_of, next_json, next_of_type, open_ws
+from conftest import RunningServer, close_of, next_json, next_of_type, open_ws, running_server
 from PIL import Image
 
 from bridge_actors import BadInput, Key, Swipe, parse_control
@@ -279,7 +279,18 @@ async def test_the_stream_command_and_the_desktop_viewer(server):
         assert await close_of(video) == (4004, "Session not found")
 
 
-async def test_the_viewers_screenshot_button_fetches_cross_origin(server):
+LOCAL_PAGE_ORIGINS = ("null", "file://")
+
+
+@pytest.fixture
+async def desktop_viewer_server(tmp_path):
+    """A server that lists the desktop viewer's local-page origins, as its operator would."""
+    async with running_server(tmp_path, allowed_origins=LOCAL_PAGE_ORIGINS) as running:
+        yield running
+
+
+async def test_the_viewers_screenshot_button_fetches_cross_origin(desktop_viewer_server):
+    server = desktop_viewer_server
     sid = server.session_id
     path = f"/api/sessions/{sid}/screenshot/download"
     for origin in ("file://", "null"):
@@ -312,17 +323,31 @@ async def test_the_viewers_screenshot_button_fetches_cross_origin(server):
         assert shot.headers["content-type"] == "image/jpeg"
         assert shot.content.startswith(JPEG_START)
 
-    # Other pages get no such permission, and neither do routes that list sessions.
+    # Other pages get no such permission: their POST is refused, their reads unshared.
     foreign = await server.http.post(
         path, headers={"Content-Type": "application/json", "Origin": "https://example.com"}
     )
-    assert foreign.status_code == 200
+    assert foreign.status_code == 403
     assert "access-control-allow-origin" not in foreign.headers
-    listing = await server.http.get("/api/sessions/", headers={"Origin": "null"})
+    listing = await server.http.get("/api/sessions/", headers={"Origin": "https://example.com"})
     assert "access-control-allow-origin" not in listing.headers
 
 
-async def test_the_viewers_record_buttons_get_a_clear_refusal(server):
+async def test_local_pages_get_no_cors_unless_listed(server):
+    path = f"/api/sessions/{server.session_id}/screenshot/download"
+    for origin in LOCAL_PAGE_ORIGINS:
+        shot = await server.http.post(path, headers={"Origin": origin})
+        assert shot.status_code == 403
+        assert "access-control-allow-origin" not in shot.headers
+        read = await server.http.get(
+            f"/api/sessions/{server.session_id}", headers={"Origin": origin}
+        )
+        assert read.status_code == 200
+        assert "access-control-allow-origin" not in read.headers
+
+
+async def test_the_viewers_record_buttons_get_a_clear_refusal(desktop_viewer_server):
+    server = desktop_viewer_server
     sid = server.session_id
     for step in ("start", "stop"):
         response = await server.http.post(

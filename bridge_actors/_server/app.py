@@ -5,13 +5,13 @@ blueprint per part of the API. What the app itself adds is what holds for every
 route: errors are mapped in one place (:func:`_register_error_handlers`), so bad
 input is a 4xx whose JSON body names the field, an unknown session is a 404,
 and nothing, not even our own bug, answers with a stack trace; redirects answer
-JSON; and the desktop viewer of the compatible clients passes its CORS checks.
+JSON; every route is behind the gate of :mod:`.guard` (Host, Origin, credentials,
+role); and browsers get the headers of :mod:`.browser_headers`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from quart import Response, has_request_context, request
@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .._bridge import Bridge
 from .._errors import BadInput, DeviceError, SessionNotFound
+from . import browser_headers, guard
 from .responses import json_response, redirect_response
 from .routes import BLUEPRINTS
 from .state import AppState, app_state
@@ -30,15 +31,6 @@ log = logging.getLogger("bridge_actors.http")
 __all__ = ["AppState", "app_state", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-
-# The desktop viewer of the compatible clients is a local page (``file://``, whose
-# origin browsers send as "null" or "file://") that fetches these per-session routes
-# cross-origin, so they answer its CORS checks. Only the routes it fetches are opened,
-# and each needs a session id: a page cannot learn the ids through them.
-LOCAL_APP_ORIGINS = frozenset({"null", "file://"})
-_LOCAL_APP_ROUTES = re.compile(
-    r"/api/sessions/[^/]+/(?:screenshot/download|recording/(?:start|stop))"
-)
 
 
 def create_app(bridge: Bridge) -> QuartTrio:
@@ -60,7 +52,8 @@ def create_app(bridge: Bridge) -> QuartTrio:
         app.register_blueprint(blueprint)
     _register_error_handlers(app)
     app.after_request(_json_redirects)
-    app.after_request(_local_app_cors)
+    browser_headers.install(app, settings.allowed_origins)
+    guard.install(app, app_state(app).gate)
     return app
 
 
@@ -70,20 +63,6 @@ async def _json_redirects(response: Response) -> Response:
     location = response.headers.get("Location")
     if 300 <= response.status_code < 400 and location and response.mimetype == "text/html":
         return redirect_response(location, response.status_code)
-    return response
-
-
-async def _local_app_cors(response: Response) -> Response:
-    """Open the routes the compatible desktop viewer fetches to its local page's origin."""
-    origin = request.headers.get("Origin")
-    if origin in LOCAL_APP_ORIGINS and _LOCAL_APP_ROUTES.fullmatch(request.path):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "Content-Disposition"
-        response.vary.add("Origin")
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = "600"
     return response
 
 

@@ -19,7 +19,9 @@ Two things Hypercorn cannot do for us:
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -31,8 +33,10 @@ from .._bridge import Bridge
 from .._checks import one_exception
 from .._settings import Settings
 from .app import create_app
+from .authz import effective_mode
 from .probes import ProbeFastPath
 from .state import app_state
+from .tokens import TokenStore
 from .worker import worker_serve
 from .wsclose import install as install_ws_close
 
@@ -86,6 +90,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = settings.shutdown_grace * HYPERCORN_GRACE_SHARE
     config.include_server_header = False
     config.keep_alive_timeout = settings.keep_alive_timeout
+    config.h11_max_incomplete_size = settings.max_header_bytes  # the request line and headers
     return config
 
 
@@ -187,6 +192,8 @@ async def serve(
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     install_ws_close()
+    if listener is None:  # refuse an exposed address without auth before binding it
+        effective_mode(settings.auth, [host], allow_unauthenticated=settings.allow_unauthenticated)
     if listener is not None:
         sock = listener
     else:
@@ -199,6 +206,7 @@ async def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     try:
         app = create_app(bridge)
+        app_state(app).gate.bind(bound_host)  # no server without auth on an exposed address
     except BaseException:
         sock.close()
         raise
@@ -207,6 +215,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
             await nursery.start(app_state(app).stuck.run)
+            nursery.start_soon(reload_tokens_on_sighup, app_state(app).gate.tokens)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))
@@ -225,6 +234,15 @@ async def serve(
         error = one_exception(group, "server")
         raise error from error.__cause__  # its own cause, not the group around it
     log.info("server stopped")
+
+
+async def reload_tokens_on_sighup(tokens: TokenStore) -> None:
+    """Re-read the token file on SIGHUP; open connections keep what they were admitted with."""
+    if tokens.path is None or threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread; an embedding app reloads itself
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            tokens.reload()
 
 
 def _url_host(host: str) -> str:

@@ -7,6 +7,7 @@ tests run many); each route finds its bridge through the app that runs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from prometheus_client import CollectorRegistry
 from quart import current_app
@@ -15,6 +16,9 @@ from quart_trio import QuartTrio
 from .._bridge import Bridge
 from .._services.ratelimit import SlidingWindow
 from .abort import StuckSockets
+from .authmetrics import AuthCollector
+from .control_admission import admit_control
+from .guard import Gatekeeper
 from .metrics import make_registry
 from .probes import Probes
 from .ws import OpenSockets, SocketHandlers
@@ -33,6 +37,7 @@ class AppState:
     stuck: StuckSockets = dataclasses.field(default_factory=StuckSockets)
     creations_refused: int = 0
     creations: SlidingWindow = dataclasses.field(init=False)
+    gate: Gatekeeper = dataclasses.field(init=False)
     handlers: SocketHandlers = dataclasses.field(init=False)
     probes: Probes = dataclasses.field(init=False)
     metrics: CollectorRegistry = dataclasses.field(init=False)
@@ -40,9 +45,12 @@ class AppState:
     def __post_init__(self) -> None:
         per_minute = self.bridge.settings.create_sessions_per_minute
         self.creations = SlidingWindow(limit=per_minute, window=60.0)
+        self.gate = Gatekeeper(self.bridge.settings)
         self.handlers = SocketHandlers(self.bridge, self.sockets, self.stuck)
+        self.handlers.admit_control = functools.partial(admit_control, self.gate)
         self.probes = Probes(self)
         self.metrics = make_registry(self.bridge, self.extra_metrics)
+        self.metrics.register(AuthCollector(self.gate))
 
     def extra_metrics(self) -> dict[str, float]:
         return {

@@ -212,6 +212,14 @@ def error_text(error: BadInput | DeviceError | str) -> str:
     return encode_json({"type": "error", "message": str(error)})
 
 
+def _refusal_text(reason: str, message_id: Any) -> str:
+    """A refused control: an error that says so, with the message's ``id`` if it had one."""
+    reply: dict[str, Any] = {"type": "error", "message": reason, "refused": True}
+    if message_id is not None:
+        reply["id"] = message_id
+    return encode_json(reply)
+
+
 # The compatible desktop viewer sends a swipe's corners in camelCase.
 _SWIPE_ALIASES = {"start_x": "startX", "start_y": "startY", "end_x": "endX", "end_y": "endY"}
 
@@ -287,6 +295,8 @@ class SocketHandlers:
         self.bridge = bridge
         self.sockets = sockets
         self.stuck = stuck
+        # Asked before each control is applied: None, or why the connection may not.
+        self.admit_control: Callable[[str, object], str | None] = lambda _sid, _event: None
 
     async def _serve(self, kind: str, session_id: str, body: Body) -> None:
         ws = websocket._get_current_object()
@@ -385,6 +395,9 @@ class SocketHandlers:
         try:
             decoded = decode_message(message)
             event = parse_control(normalize_control(decoded))
+            refusal = self.admit_control(session_id, event)
+            if refusal is not None:
+                return _refusal_text(refusal, decoded.get("id")), True
             input_seq = await self.bridge.control(session_id, event)
         except (BadInput, DeviceError) as error:
             return error_text(error), False
@@ -405,6 +418,10 @@ class SocketHandlers:
                     if decoded.get("t", decoded.get("type")) != "refresh":
                         # Taps, and whatever else a compatible page sends here (swipes).
                         event = parse_control(normalize_control(decoded))
+                        refusal = self.admit_control(sid, event)
+                        if refusal is not None:
+                            await ws.send(_refusal_text(refusal, decoded.get("id")))
+                            continue
                         await self.bridge.control(sid, event)
                 except (BadInput, DeviceError) as error:
                     bad.bad()

@@ -1,5 +1,6 @@
 """The app's routes, one blueprint per part of the API; :func:`~.app.create_app` composes them."""
 
+from .access import access
 from .device_actions import device_actions
 from .extras import extras
 from .monitoring import monitoring
@@ -7,6 +8,6 @@ from .sessions import sessions
 from .sockets import sockets
 from .viewer import viewer
 
-BLUEPRINTS = (viewer, monitoring, sessions, extras, device_actions, sockets)
+BLUEPRINTS = (viewer, monitoring, sessions, extras, device_actions, sockets, access)
 
 __all__ = ["BLUEPRINTS"]

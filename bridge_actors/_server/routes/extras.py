@@ -20,6 +20,7 @@ from quart import Blueprint, Response
 
 from ..._device import Screenshot
 from ..._errors import BadInput, DeviceError
+from ..authz import requires
 from ..fields import ScreenshotDownloadBody, request_fields
 from ..openapi import request_body
 from ..state import current_state
@@ -46,6 +47,7 @@ extras = Blueprint("extras", __name__)
 
 
 @extras.get("/api/sessions/<session_id>/screenshot")
+@requires("watch")
 async def screenshot(session_id: str) -> Response:
     """The device's screen now, as an image attachment."""
     return await _screenshot_response(session_id, None)
@@ -53,6 +55,7 @@ async def screenshot(session_id: str) -> Response:
 
 @extras.post("/api/sessions/<session_id>/screenshot/download")
 @request_body(ScreenshotDownloadBody)
+@requires("watch")
 async def screenshot_download(session_id: str) -> Response:
     """The device's screen as a download named ``filename``.
 
@@ -112,6 +115,7 @@ def _header_token(filename: str) -> str:
 
 @extras.post("/api/sessions/<session_id>/recording/start")
 @extras.post("/api/sessions/<session_id>/recording/stop")
+@requires("control")
 async def recording(session_id: str) -> tuple[dict[str, Any], int]:
     """Recording is not supported by this server: 501."""
     current_state().bridge.get_session(session_id)
@@ -120,6 +124,7 @@ async def recording(session_id: str) -> tuple[dict[str, Any], int]:
 
 
 @extras.post("/api/sessions/cleanup-recordings")
+@requires("admin")
 async def cleanup_recordings() -> dict[str, Any]:
     """Recordings are not supported; there is never anything to clean up."""
     await trio.lowlevel.checkpoint()
@@ -127,6 +132,7 @@ async def cleanup_recordings() -> dict[str, Any]:
 
 
 @extras.get("/webrtc/quality/<session_id>/<quality>")
+@requires("watch")
 async def webrtc_quality(session_id: str, quality: str) -> dict[str, Any]:
     """The WebRTC preset named ``quality`` (reported only; stream from the video socket)."""
     current_state().bridge.get_session(session_id)

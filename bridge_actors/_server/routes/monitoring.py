@@ -13,6 +13,7 @@ from quart import Blueprint, Response
 
 from ..._errors import SessionNotFound
 from .. import views
+from ..authz import requires
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import render_metrics
 from ..state import current_state
@@ -41,17 +42,20 @@ async def readyz() -> tuple[dict[str, Any], int]:
 
 
 @monitoring.get("/stats")
+@requires("admin")
 async def stats() -> dict[str, Any]:
     """Every statistic of the bridge: connections, rate limiter, warden, captures, KPIs."""
     state = current_state()
     server = {
         "websockets": state.sockets.statistics(),
         "session_creations_refused": state.creations_refused,
+        "auth": state.gate.statistics(),
     }
     return views.stats_document(state.bridge.statistics(), server)
 
 
 @monitoring.get("/metrics")
+@requires("watch")
 async def metrics() -> Response:
     """Prometheus metrics, in the text exposition format."""
     await trio.lowlevel.checkpoint()
@@ -59,6 +63,7 @@ async def metrics() -> Response:
 
 
 @monitoring.get("/status")
+@requires("watch")
 async def status_all() -> dict[str, Any]:
     """Every session, as the ios-bridge status page lists them."""
     sessions = [views.session_list_item(s) for s in current_state().bridge.list_sessions()]
@@ -70,6 +75,7 @@ async def status_all() -> dict[str, Any]:
 
 
 @monitoring.get("/status/<session_id>")
+@requires("watch")
 async def status_one(session_id: str) -> dict[str, Any]:
     """One session and whether its device answers.
 

@@ -14,6 +14,7 @@ from quart import Blueprint, Response, request
 
 from ..._errors import RateLimited, SessionNotFound
 from .. import views
+from ..authz import requires
 from ..fields import CreateSessionBody, force_flag, request_fields, session_request
 from ..forwarded import connection_client
 from ..openapi import request_body
@@ -26,6 +27,7 @@ sessions = Blueprint("sessions", __name__)
 
 
 @sessions.get("/api/sessions/configurations")
+@requires("watch")
 async def configurations() -> dict[str, Any]:
     """The device types and versions sessions can be created with, over every backend."""
     config = await current_state().bridge.configurations()
@@ -40,6 +42,7 @@ async def configurations() -> dict[str, Any]:
 
 @sessions.post("/api/sessions/create")
 @request_body(CreateSessionBody)
+@requires("admin")
 async def create_session() -> tuple[dict[str, Any], int] | Response:
     """Create a session: a device of ``device_type`` running ``ios_version``.
 
@@ -74,6 +77,7 @@ def _refused_creation(state: AppState) -> Response | None:
 
 
 @sessions.route("/api/sessions", methods=["GET", "DELETE"])
+@requires("watch")
 async def sessions_without_slash() -> Response:
     """Redirects (307, method kept) to ``/api/sessions/``."""
     target = "/api/sessions/"
@@ -83,6 +87,7 @@ async def sessions_without_slash() -> Response:
 
 
 @sessions.get("/api/sessions/")
+@requires("watch")
 async def list_sessions() -> dict[str, Any]:
     """Every session, held ones (not running: unrestored, delete failed) included."""
     bridge = current_state().bridge
@@ -92,6 +97,7 @@ async def list_sessions() -> dict[str, Any]:
 
 
 @sessions.delete("/api/sessions/")
+@requires("admin")
 async def delete_all_sessions() -> dict[str, Any]:
     """Delete every session and its device (``?force=true`` forgets undeletable ones)."""
     count = await current_state().bridge.delete_all_sessions(force=force_flag())
@@ -99,6 +105,7 @@ async def delete_all_sessions() -> dict[str, Any]:
 
 
 @sessions.post("/api/sessions/recover-orphaned")
+@requires("admin")
 async def recover_orphaned() -> dict[str, Any]:
     """Adopt devices this server created earlier that no session holds."""
     count = await current_state().bridge.recover_orphaned()
@@ -110,6 +117,7 @@ async def recover_orphaned() -> dict[str, Any]:
 
 
 @sessions.get("/api/sessions/<session_id>")
+@requires("watch")
 async def session_info(session_id: str) -> dict[str, Any]:
     """One session, with its device size."""
     info = views.session_info(current_state().bridge.get_session(session_id))
@@ -122,6 +130,7 @@ async def session_info(session_id: str) -> dict[str, Any]:
 
 
 @sessions.delete("/api/sessions/<session_id>")
+@requires("admin")
 async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
     """Delete one session and its device."""
     try:

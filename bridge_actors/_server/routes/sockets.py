@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint
 
+from ..authz import requires
 from ..state import current_state
 
 __all__ = ["sockets"]
@@ -12,6 +13,7 @@ sockets = Blueprint("sockets", __name__)
 
 
 @sockets.websocket("/ws/<session_id>/video")
+@requires("watch")
 async def video_socket(session_id: str) -> None:
     """Frames of the device: JSON ``video_frame`` messages, or binary with ``?format=binary``.
 
@@ -22,6 +24,7 @@ async def video_socket(session_id: str) -> None:
 
 
 @sockets.websocket("/ws/<session_id>/control")
+@requires("watch")
 async def control_socket(session_id: str) -> None:
     """Control messages (tap, swipe, text, button, key); those with an ``id`` are acknowledged.
 
@@ -31,18 +34,21 @@ async def control_socket(session_id: str) -> None:
 
 
 @sockets.websocket("/ws/<session_id>/screenshot")
+@requires("watch")
 async def screenshot_socket(session_id: str) -> None:
     """A screenshot now and after every ``{"t": "refresh"}`` or control message."""
     await current_state().handlers.screenshot(session_id)
 
 
 @sockets.websocket("/ws/<session_id>/logs")
+@requires("watch")
 async def logs_socket(session_id: str) -> None:
     """The device's log lines; ``{"type": "filter"}`` narrows them, ``{"type": "clear"}``."""
     await current_state().handlers.logs(session_id)
 
 
 @sockets.websocket("/ws/<session_id>/webrtc")
+@requires("watch")
 async def webrtc_socket(session_id: str) -> None:
     """WebRTC signalling is not served: one error message naming the video socket instead."""
     await current_state().handlers.webrtc(session_id)
