@@ -53,6 +53,30 @@ ROUTES: dict[tuple[str, str], str] = {
     ("extras.recording", "POST"): "control",
     ("extras.cleanup_recordings", "POST"): "admin",
     ("extras.webrtc_quality", "GET"): "watch",
+    ("device_actions.install_app", "POST"): "admin",
+    ("device_actions.install_and_launch_app", "POST"): "admin",
+    ("device_actions.list_apps", "GET"): "control",
+    ("device_actions.launch_app", "POST"): "control",
+    ("device_actions.terminate_app", "POST"): "control",
+    ("device_actions.uninstall_app", "DELETE"): "admin",
+    ("device_actions.open_url", "POST"): "control",
+    ("device_actions.url_schemes", "GET"): "watch",
+    ("device_actions.set_location", "POST"): "control",
+    ("device_actions.clear_location", "POST"): "control",
+    ("device_actions.location_presets", "GET"): "watch",
+    ("device_actions.predefined_locations", "GET"): "watch",
+    ("device_actions.set_predefined_location", "POST"): "control",
+    ("device_actions.set_orientation", "POST"): "control",
+    ("device_actions.push_notification", "POST"): "control",
+    ("device_actions.recent_logs", "GET"): "control",
+    ("device_actions.clear_logs", "POST"): "control",
+    ("device_actions.log_processes", "GET"): "control",
+    ("device_actions.add_photos", "POST"): "admin",
+    ("device_actions.add_videos", "POST"): "admin",
+    ("device_actions.media_info", "GET"): "control",
+    ("device_actions.push_file", "POST"): "admin",
+    ("device_actions.pull_file", "POST"): "admin",
+    ("device_actions.app_container", "GET"): "admin",
     ("access.whoami", "GET"): "watch",
     ("access.share_link", "POST"): "control",
     # WebSockets: what opening each kind needs (a spectator's control messages are refused).
@@ -164,7 +188,12 @@ async def token_server(
 
 
 def _path(rule, own: str, session: str) -> str:
-    values = {"session_id": session, "quality": "low", "filename": "app.js"}
+    values = {
+        "session_id": session,
+        "quality": "low",
+        "filename": "app.js",
+        "bundle_id": "com.example.app",
+    }
     path = rule.rule
     for name in rule.arguments:
         path = path.replace(f"<{name}>", values[name]).replace(f"<path:{name}>", values[name])

@@ -34,6 +34,7 @@ from ..._backends.bundles import AppBundle, unpack_app
 from ..._errors import ActionUnsupported, BadInput, DeviceError, RateLimited
 from ..._services.sessions import Session
 from .. import action_fields as checks
+from ..authz import requires
 from ..device_files import open_for_pull, push_into
 from ..fields import request_fields
 from ..responses import json_response
@@ -150,6 +151,7 @@ def _installed_body(bundle: AppBundle, installed: InstalledApp | None) -> dict[s
 
 
 @device_actions.post("/api/sessions/<session_id>/apps/install")
+@requires("admin")
 async def install_app(session_id: str) -> dict[str, Any]:
     """Install an app: multipart ``ipa_file`` (an .ipa) or ``app_bundle`` (a .zip of one X.app)."""
     _, bundle, installed = await _install(session_id, "apps/install")
@@ -160,6 +162,7 @@ async def install_app(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/apps/install-and-launch")
+@requires("admin")
 async def install_and_launch_app(session_id: str) -> dict[str, Any]:
     """Install an app as ``apps/install`` does, then launch it (``launched``, ``launch_error``)."""
     session, bundle, installed = await _install(session_id, "apps/install-and-launch")
@@ -178,6 +181,7 @@ async def install_and_launch_app(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/apps")
+@requires("control")
 async def list_apps(session_id: str) -> dict[str, Any]:
     """The apps installed on the device: ``bundle_id``, ``app_name``, ``app_type``, ``path``."""
     apps = await current_state().bridge.act(
@@ -187,6 +191,7 @@ async def list_apps(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/apps/<bundle_id>/launch")
+@requires("control")
 async def launch_app(session_id: str, bundle_id: str) -> dict[str, Any]:
     """Launch the installed app ``bundle_id``."""
     bundle_id = checks.bundle_id_field(bundle_id)
@@ -197,6 +202,7 @@ async def launch_app(session_id: str, bundle_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/apps/<bundle_id>/terminate")
+@requires("control")
 async def terminate_app(session_id: str, bundle_id: str) -> dict[str, Any]:
     """Terminate the running app ``bundle_id``."""
     bundle_id = checks.bundle_id_field(bundle_id)
@@ -210,6 +216,7 @@ async def terminate_app(session_id: str, bundle_id: str) -> dict[str, Any]:
 
 
 @device_actions.delete("/api/sessions/<session_id>/apps/<bundle_id>")
+@requires("admin")
 async def uninstall_app(session_id: str, bundle_id: str) -> Response | dict[str, Any]:
     """Uninstall ``bundle_id``; 404 if it is not installed."""
     bundle_id = checks.bundle_id_field(bundle_id)
@@ -237,6 +244,7 @@ async def uninstall_app(session_id: str, bundle_id: str) -> Response | dict[str,
 
 
 @device_actions.post("/api/sessions/<session_id>/url/open")
+@requires("control")
 async def open_url(session_id: str) -> dict[str, Any]:
     """Open form ``url`` on the device (``https://`` added without a scheme; file:,
     javascript:, data: and vbscript: refused)."""
@@ -249,6 +257,7 @@ async def open_url(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/url/schemes")
+@requires("watch")
 async def url_schemes(session_id: str) -> dict[str, Any]:
     """The URL schemes ``url/open`` takes, and those it refuses."""
     current_state().bridge.get_session(session_id)
@@ -263,6 +272,7 @@ async def url_schemes(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/location/set")
+@requires("control")
 async def set_location(session_id: str) -> dict[str, Any]:
     """Set the device's location: form ``latitude`` (-90..90) and ``longitude`` (-180..180)."""
     current_state().bridge.get_session(session_id)
@@ -286,6 +296,7 @@ async def set_location(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/location/clear")
+@requires("control")
 async def clear_location(session_id: str) -> dict[str, Any]:
     """Clear the simulated location."""
     await current_state().bridge.act(
@@ -295,6 +306,7 @@ async def clear_location(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/location/presets")
+@requires("watch")
 async def location_presets(session_id: str) -> dict[str, Any]:
     """Cities to set the location to with ``location/set``."""
     current_state().bridge.get_session(session_id)
@@ -307,6 +319,7 @@ async def location_presets(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/location/predefined")
+@requires("watch")
 async def predefined_locations(session_id: str) -> dict[str, Any]:
     """The names ``location/set-predefined`` takes."""
     current_state().bridge.get_session(session_id)
@@ -316,6 +329,7 @@ async def predefined_locations(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/location/set-predefined")
+@requires("control")
 async def set_predefined_location(session_id: str) -> dict[str, Any]:
     """Set form ``location_name``, one of ``location/predefined``."""
     current_state().bridge.get_session(session_id)
@@ -337,6 +351,7 @@ async def set_predefined_location(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/orientation")
+@requires("control")
 async def set_orientation(session_id: str) -> dict[str, Any]:
     """Rotate the device: form ``orientation``, one of portrait, landscape,
     portraitupsidedown, landscaperight, landscapeleft."""
@@ -356,6 +371,7 @@ async def set_orientation(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/push")
+@requires("control")
 async def push_notification(session_id: str) -> dict[str, Any]:
     """Send a push notification: ``bundle_id`` and ``payload`` (an APNs JSON object with
     ``aps``, at most 4 KB), as a JSON body or a form whose payload is JSON text."""
@@ -374,6 +390,7 @@ async def push_notification(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/logs")
+@requires("control")
 async def recent_logs(session_id: str) -> dict[str, Any]:
     """The device's recent log lines: ``?lines=`` (1..1000), ``level=``, ``process=``."""
     current_state().bridge.get_session(session_id)
@@ -389,6 +406,7 @@ async def recent_logs(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/logs/clear")
+@requires("control")
 async def clear_logs(session_id: str) -> dict[str, Any]:
     """Erase the device's log."""
     await current_state().bridge.act(
@@ -398,6 +416,7 @@ async def clear_logs(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.get("/api/sessions/<session_id>/logs/processes")
+@requires("control")
 async def log_processes(session_id: str) -> dict[str, Any]:
     """The processes running on the device (to filter ``logs`` by)."""
     processes = await current_state().bridge.act(
@@ -432,18 +451,21 @@ async def _add_media(session_id: str, field: str, kinds: Any) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/media/photos/add")
+@requires("admin")
 async def add_photos(session_id: str) -> dict[str, Any]:
     """Add multipart ``photos`` (jpg, jpeg, png, gif, heic, heif) to the device's library."""
     return await _add_media(session_id, "photos", PHOTO_EXTENSIONS)
 
 
 @device_actions.post("/api/sessions/<session_id>/media/videos/add")
+@requires("admin")
 async def add_videos(session_id: str) -> dict[str, Any]:
     """Add multipart ``videos`` (mp4, mov, m4v, avi, mkv) to the device's library."""
     return await _add_media(session_id, "videos", VIDEO_EXTENSIONS)
 
 
 @device_actions.get("/api/sessions/<session_id>/media/info")
+@requires("control")
 async def media_info(session_id: str) -> dict[str, Any]:
     """The photo and video formats ``media/*/add`` take, and the largest upload."""
     session = current_state().bridge.get_session(session_id)
@@ -465,6 +487,7 @@ async def _base_directory(actions, device, bundle_id: str | None) -> Path:
 
 
 @device_actions.post("/api/sessions/<session_id>/files/push")
+@requires("admin")
 async def push_file(session_id: str) -> dict[str, Any]:
     """Put multipart ``file`` at ``device_path`` in the device's data directory, or in
     the container of ``bundle_id``; the path may not leave it."""
@@ -493,6 +516,7 @@ async def push_file(session_id: str) -> dict[str, Any]:
 
 
 @device_actions.post("/api/sessions/<session_id>/files/pull")
+@requires("admin")
 async def pull_file(session_id: str) -> Response:
     """The file at form ``device_path`` (in the data directory, or ``bundle_id``'s
     container) as an attachment named ``filename`` or its own name."""
@@ -537,6 +561,7 @@ async def _read_chunks(
 
 
 @device_actions.get("/api/sessions/<session_id>/files/app-container")
+@requires("admin")
 async def app_container(session_id: str) -> dict[str, Any]:
     """Where ``?bundle_id=``'s data container is."""
     bundle_id = checks.bundle_id_field(request.args.get("bundle_id"))
