@@ -74,6 +74,8 @@ class EncodedPacket:
     time_base: Fraction  # Fraction(1, 90000)
     frame_number: int  # the capture's frame number it was encoded from
     captured_at: float  # trio.current_time() of the capture
+    timestamp: float = 0.0  # wall clock of the capture, epoch seconds
+    input_seq: int = 0  # the last control applied before the capture
 
 
 class FrameEncoder(Protocol):
@@ -493,6 +495,8 @@ class EncoderService:
             time_base=TIME_BASE,
             frame_number=frame.seq,
             captured_at=frame.captured_at,
+            timestamp=frame.timestamp,
+            input_seq=frame.input_seq,
         )
 
     def _adopt_sps(self, unit: bytes) -> None:
