@@ -2,13 +2,15 @@
 
 Four parts, each bounded in count and time:
 
-* **codec**: the same clips through both encoders, in this process. The
-  simulated device's own test card (390x844) and a generated 1179x2556 UI-like
-  clip (a list that sits, scrolls, sits; a blinking caret). Bytes per second at
-  the capture rate, PSNR (RGB) of the decoded frames against the raw source, and
-  the encoder's CPU seconds per second of video (H.264: JPEG decode included).
-  The H.264 path starts from the JPEG, as the server's does, so its PSNR
-  includes the JPEG's loss; "PSNR vs its JPEG" is the H.264 step's own.
+* **codec**: the simulated device's two streams from the server side by side
+  (bytes per second of each; PSNR of each decoded H.264 frame against the
+  decoded JPEG of the same capture frame, the encoder's own input), and a
+  generated 1179x2556 UI-like clip (a list that sits, scrolls, sits; a blinking
+  caret) through the server's two pipelines repeated with PyAV: bytes per
+  second at the capture rate, PSNR (RGB) against the raw source, and CPU
+  seconds per second of video (H.264: its JPEG decode included). The H.264
+  path starts from the JPEG, as the server's does, so its PSNR includes the
+  JPEG's loss; "PSNR vs its JPEG" is the H.264 step's own.
 * **wire**: viewers of the simulated device through the real server, JPEG
   binary and H.264 side by side at each viewer count: bytes per viewer per
   second, frames received, p99 capture-to-receipt latency, server CPU per
@@ -18,24 +20,24 @@ Four parts, each bounded in count and time:
   frame, join to the first frame captured after the join (live), and the bytes
   received until then.
 
-The viewers are lean raw-socket clients in this process (benchmarks/_lean.py).
+The viewers are lean raw-socket clients in this process (benchmarks/_lean.py), so
+the server shares the machine's cores with them: at 1,000 viewers the figures are
+the clients' limit as much as the server's.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from fractions import Fraction
 from typing import Any
 
 import av
+import av.video.frame
 import numpy as np
 import trio
 
-from bridge_actors._backends.jpeg import JpegEncoder, decode_jpeg
-from bridge_actors._backends.simulated import SimulatedDevice, _Painter
-from bridge_actors._device import DeviceInfo
-from bridge_actors._video.pyav_encoder import PyAVH264Encoder
-from bridge_actors.wire import CODEC_H264, FLAG_KEYFRAME
+from bridge_actors.wire import CODEC_H264, CODEC_JPEG, FLAG_KEYFRAME
 
 from ._lean import _OP_BINARY, _OP_CLOSE, _OP_TEXT, _Reader
 from ._load import Context
@@ -47,17 +49,23 @@ FPS = 30
 KEYFRAME_INTERVAL = 2.0
 
 
-# --- codec: clips through both encoders ----------------------------------------------------
+# --- codec: the UI clip through both encoders ----------------------------------------------
+
+# What the server does to every frame, repeated with PyAV here (the benchmarks use only public
+# names): JPEG at quality 80 (libjpeg's scaling of its base table gives mjpeg qscale 3), then for
+# H.264 that JPEG decoded, converted to limited range and encoded by libx264 as the server sets it.
+JPEG_QSCALE = 3
 
 
-def simulated_clip(frames: int) -> list[np.ndarray]:
-    """The simulated device's test card, frame after frame at the capture rate."""
-    info = DeviceInfo("bench", "iPhone 15", "iPhone 15 (simulated)", "18.0", 390, 844, 390, 844,
-                      "simulated")  # fmt: skip
-    device = SimulatedDevice(info)
-    painter = _Painter(390, 844, info.name)
-    start = 1_700_000_000.0
-    return [painter.paint(device.scene(i / FPS, start + i / FPS)) for i in range(frames)]
+def x264_options(preset: str, crf: int) -> dict[str, str]:
+    return {
+        "profile": "baseline",
+        "preset": preset,
+        "tune": "zerolatency",
+        "crf": str(crf),
+        "forced-idr": "1",
+        "x264-params": "repeat-headers=1:scenecut=0:bframes=0:annexb=1",
+    }
 
 
 def ui_clip(frames: int, width: int = 1179, height: int = 2556) -> list[np.ndarray]:
@@ -103,37 +111,83 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
+def _jpeg_context(width: int, height: int) -> av.VideoCodecContext:
+    context = av.CodecContext.create("mjpeg", "w")
+    context.width, context.height = width, height
+    context.pix_fmt = "yuvj420p"
+    context.time_base = Fraction(1, 1000)
+    context.thread_count = 1
+    context.qscale = True
+    context.global_quality = context.qmin = context.qmax = JPEG_QSCALE
+    context.open()
+    return context
+
+
+def _x264_context(width: int, height: int, preset: str, crf: int) -> av.VideoCodecContext:
+    context = av.CodecContext.create("libx264", "w")
+    context.width, context.height = width, height
+    context.pix_fmt = "yuv420p"
+    context.time_base = Fraction(1, 90000)
+    context.framerate = Fraction(FPS, 1)
+    context.max_b_frames = 0
+    context.thread_count = 1
+    context.gop_size = 100_000
+    context.options = x264_options(preset, crf)
+    context.open()
+    return context
+
+
 def measure_codecs(name: str, clip: list[np.ndarray], preset: str, crf: int) -> list[dict]:
     """Bytes/s, PSNR and encoder CPU per second of video of JPEG and H.264 for one clip."""
     height, width = clip[0].shape[:2]
+    even_w, even_h = width - width % 2, height - height % 2
     seconds_of_video = len(clip) / FPS
-    jpeg_encoder = JpegEncoder(width, height, 80)
-    jpegs, jpeg_cpu = [], 0.0
-    for frame in clip:
+    mjpeg, jpeg_decoder = _jpeg_context(width, height), av.CodecContext.create("mjpeg", "r")
+    x264, h264_decoder = (
+        _x264_context(even_w, even_h, preset, crf),
+        av.CodecContext.create("h264", "r"),
+    )
+    jpeg_sizes, jpeg_psnr, jpeg_cpu = [], [], 0.0
+    h264_sizes, h264_psnr, vs_input, h264_cpu = [], [], [], 0.0
+    for i, source in enumerate(clip):
         started = time.thread_time()
-        jpegs.append(jpeg_encoder.encode(frame))
+        rgb = av.VideoFrame.from_ndarray(source, format="rgb24")
+        yuvj = rgb.reformat(format="yuvj420p", dst_color_range="JPEG")
+        yuvj.pts = i
+        jpeg = b"".join(bytes(p) for p in mjpeg.encode(yuvj))
         jpeg_cpu += time.thread_time() - started
-    decoded_jpegs = [decode_jpeg(j) for j in jpegs]
-    jpeg_psnr = [psnr(d, f) for d, f in zip(decoded_jpegs, clip, strict=True)]
+        jpeg_sizes.append(len(jpeg))
+        [picture] = jpeg_decoder.decode(av.Packet(jpeg))
+        seen = picture.to_ndarray(format="rgb24")
+        jpeg_psnr.append(psnr(seen, source))
 
-    h264 = PyAVH264Encoder(width, height, fps=FPS, preset=preset, crf=crf)
-    decoder = av.CodecContext.create("h264", "r")
-    sizes, h264_psnr, h264_cpu, keyframes, vs_input = [], [], 0.0, 0, []
-    for i, (jpeg, frame) in enumerate(zip(jpegs, clip, strict=True)):
-        keyframe = i % int(FPS * KEYFRAME_INTERVAL) == 0
-        started = time.thread_time()
-        packets = h264.encode(jpeg, i * 3000, keyframe)
+        started = time.thread_time()  # what the server's encoder does with that JPEG
+        [picture] = jpeg_decoder.decode(av.Packet(jpeg))
+        if (width, height) == (even_w, even_h):
+            yuv = picture.reformat(format="yuv420p", src_color_range="JPEG",
+                                   dst_color_range="MPEG")  # fmt: skip
+        else:
+            cropped = picture.to_ndarray(format="rgb24")[:even_h, :even_w]
+            yuv = av.VideoFrame.from_ndarray(cropped, format="rgb24").reformat(
+                format="yuv420p", dst_color_range="MPEG"
+            )
+        yuv.pts = i * 3000
+        yuv.pict_type = (
+            av.video.frame.PictureType.I
+            if i % int(FPS * KEYFRAME_INTERVAL) == 0
+            else av.video.frame.PictureType.NONE
+        )
+        packets = [bytes(p) for p in x264.encode(yuv)]
         h264_cpu += time.thread_time() - started
-        for data, _pts in packets:
-            sizes.append(len(data))
-            keyframes += keyframe
-            for picture in decoder.decode(av.Packet(data)):
-                rgb = picture.to_ndarray(format="rgb24")
-                h264_psnr.append(psnr(rgb, frame))
-                vs_input.append(psnr(rgb, decoded_jpegs[i]))
+        for data in packets:
+            h264_sizes.append(len(data))
+            for decoded in h264_decoder.decode(av.Packet(data)):
+                out = decoded.to_ndarray(format="rgb24")
+                h264_psnr.append(psnr(out, source))
+                vs_input.append(psnr(out, seen))
     common = {"clip": name, "size": f"{width}x{height}", "frames": len(clip)}
-    jpeg_rate = sum(map(len, jpegs)) / seconds_of_video
-    h264_rate = sum(sizes) / seconds_of_video
+    jpeg_rate = sum(jpeg_sizes) / seconds_of_video
+    h264_rate = sum(h264_sizes) / seconds_of_video
     return [
         {**common, "codec": "JPEG q80", "kb_per_s": jpeg_rate / 1000, "psnr_db": _mean(jpeg_psnr),
          "min_psnr_db": min(jpeg_psnr), "cpu_per_video_s": jpeg_cpu / seconds_of_video,
@@ -143,6 +197,67 @@ def measure_codecs(name: str, clip: list[np.ndarray], preset: str, crf: int) -> 
          "cpu_per_video_s": h264_cpu / seconds_of_video,
          "ratio": h264_rate / jpeg_rate if jpeg_rate else None,
          "psnr_vs_input_db": _mean(vs_input)},
+    ]  # fmt: skip
+
+
+async def _collect(url: str, into: list[bytes], seconds: float) -> None:
+    sock = await raw_connect(split_ws_url(url))
+    try:
+        reader = _Reader(sock.sock, bytes(sock.buffer))
+        with trio.move_on_after(seconds):
+            while True:
+                first, start, end, _ = await reader.next_frame()
+                if first & 0x0F == _OP_BINARY:
+                    into.append(bytes(reader.buf[start:end]))
+                elif first & 0x0F == _OP_CLOSE:
+                    return
+    finally:
+        sock.close()
+
+
+async def server_streams_quality(server: ServerUnderTest, seconds: float) -> list[dict]:
+    """The simulated device's two streams from the server, side by side for ``seconds``:
+    bytes per second of each, and the PSNR of each decoded H.264 frame against the decoded
+    JPEG of the same capture frame (the encoder's own input)."""
+    base = f"{server.ws_base}/ws/{server.sessions[0]}/video?format=binary"
+    jpegs: list[bytes] = []
+    h264s: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_collect, base, jpegs, seconds)
+        nursery.start_soon(_collect, base + "&codec=h264", h264s, seconds)
+
+    def compare() -> list[float]:
+        by_seq = {}
+        for message in jpegs:
+            fields = BINARY_HEADER.unpack(message[:BINARY_HEADER_SIZE])
+            assert fields[8] == CODEC_JPEG
+            by_seq[fields[1]] = message[BINARY_HEADER_SIZE:]
+        decoder = av.CodecContext.create("h264", "r")
+        jpeg_decoder = av.CodecContext.create("mjpeg", "r")
+        values = []
+        for message in h264s:
+            fields = BINARY_HEADER.unpack(message[:BINARY_HEADER_SIZE])
+            for picture in decoder.decode(av.Packet(message[BINARY_HEADER_SIZE:])):
+                jpeg = by_seq.get(fields[1])
+                if jpeg is not None:
+                    [reference] = jpeg_decoder.decode(av.Packet(jpeg))
+                    values.append(
+                        psnr(
+                            picture.to_ndarray(format="rgb24"), reference.to_ndarray(format="rgb24")
+                        )
+                    )
+        return values
+
+    values = await trio.to_thread.run_sync(compare)
+    jpeg_rate = sum(len(m) for m in jpegs) / seconds
+    h264_rate = sum(len(m) for m in h264s) / seconds
+    common = {"clip": "simulated device, from the server", "size": "390x844",
+              "frames": len(jpegs)}  # fmt: skip
+    return [
+        {**common, "codec": "JPEG q80", "kb_per_s": jpeg_rate / 1000, "ratio": 1.0},
+        {**common, "codec": "H.264 (server)", "kb_per_s": h264_rate / 1000,
+         "ratio": h264_rate / jpeg_rate if jpeg_rate else None,
+         "psnr_vs_input_db": _mean(values), "frames": len(h264s)},
     ]  # fmt: skip
 
 
@@ -293,7 +408,7 @@ async def join_once(server: ServerUnderTest, codec: str, limit: float = 5.0) -> 
                         continue
                     pictures = decoder.decode(av.Packet(payload))
                 else:
-                    pictures = [decode_jpeg(payload)]
+                    pictures = av.CodecContext.create("mjpeg", "r").decode(av.Packet(payload))
                 if not pictures:
                     continue
                 now = time.time()
@@ -366,21 +481,20 @@ async def h264(
     crf: int = 23,
 ) -> None:
     codec_rows: list[dict] = []
-    with ctx.reporter.task("h264: the clips through both encoders"):
-        for name, clip in (
-            ("simulated device", await trio.to_thread.run_sync(simulated_clip, clip_frames)),
-            ("UI clip", await trio.to_thread.run_sync(ui_clip, clip_frames)),
-        ):
-            codec_rows += await trio.to_thread.run_sync(measure_codecs, name, clip, preset, crf)
-            del clip
-    await ctx.results.add_table("h264", "h264: codecs on the same clips", CODEC_COLUMNS,
-                                codec_rows)  # fmt: skip
+    with ctx.reporter.task("h264: the UI clip through both encoders"):
+        clip = await trio.to_thread.run_sync(ui_clip, clip_frames)
+        codec_rows += await trio.to_thread.run_sync(measure_codecs, "UI clip", clip, preset, crf)
+        del clip
 
     settings = {"fps": FPS, "max_connections_per_minute": 1_000_000,
                 "max_connections_per_session": 100_000, "max_connections": 100_000,
                 "h264_preset": preset, "h264_crf": crf}  # fmt: skip
     wire_rows = []
     async with ctx.server("h264-wire", settings) as server:
+        with ctx.reporter.task("h264: the simulated device's two streams side by side"):
+            codec_rows[:0] = await server_streams_quality(server, min(duration, 5.0))
+        await ctx.results.add_table("h264", "h264: codecs on the same frames", CODEC_COLUMNS,
+                                    codec_rows)  # fmt: skip
         for n in counts:
             for codec in ("jpeg", "h264"):
                 with ctx.reporter.task(f"h264: {n} {codec} viewers"):
