@@ -57,6 +57,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderPool",
     "EncoderService",
+    "EncoderStatistics",
     "FeedSlot",
     "FrameEncoder",
     "H264Feed",
