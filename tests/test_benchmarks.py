@@ -169,6 +169,8 @@ SCENARIOS = {
     "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
              "--keep-alive-timeout", "1", "--no-plots"],
     "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
+    "h264": ["--h264-viewers", "2", "--duration", "0.5", "--joins", "2", "--clip-frames", "4",
+             "--no-plots"],
 }  # fmt: skip
 
 
@@ -315,6 +317,20 @@ def test_http_measures_each_part_and_the_descriptors_after_it(runs):
     names = {t["name"] for t in _kind(runs["http"], "target")}
     assert "close: server descriptors back at the baseline" in names
     assert "/health p99 with 20 idle connections open" in names
+
+
+def test_h264_compares_both_streams_in_one_run(runs):
+    rows = _kind(runs["h264"], "row")
+    codecs = [r for r in rows if r["table"] == "h264: codecs on the same frames"]
+    assert {r["clip"] for r in codecs} == {"simulated device, from the server", "UI clip"}
+    h264 = [r for r in codecs if r["codec"].startswith("H.264")]
+    assert all(0 < r["ratio"] < 1 and r["psnr_vs_input_db"] > 30 for r in h264)
+    wire = [r for r in rows if r["table"] == "h264: the simulated device through the server"]
+    assert {r["codec"] for r in wire} == {"JPEG binary", "H.264"}
+    assert all(r["fps_per_viewer"] > 0 and r["errors"] == 0 for r in wire)
+    joins = [r for r in rows if r["table"] == "h264: join to first decoded frame"]
+    assert {r["policy"] for r in joins} == {"JPEG", "idr", "gop", "idr_or_gop"}
+    assert all(r["failed"] == 0 and r["first_p50_ms"] is not None for r in joins)
 
 
 def test_rounds_records_the_rss_after_each_round(runs):
