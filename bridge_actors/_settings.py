@@ -307,6 +307,12 @@ class Settings(pydantic.BaseModel):
         16384, ge=1024, description="largest request line and headers of an HTTP request"
     )
     audit_log_backups: int = pydantic.Field(5, ge=1, description="rotated audit log files kept")
+    max_text_length: int = pydantic.Field(
+        1000, ge=1, le=100000, description="longest text one control message may type"
+    )
+    max_concurrent_uploads: int = pydantic.Field(
+        4, ge=1, description="uploads (apps, photos, videos, files) received at once, server-wide"
+    )
 
     # H.264 video: one encoder per device for the H.264 and WebRTC viewers.
     h264_keyframe_interval: float = pydantic.Field(

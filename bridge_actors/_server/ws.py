@@ -446,7 +446,7 @@ class SocketHandlers:
         """Apply one control message; returns the reply to send (if any) and whether it was good."""
         try:
             decoded = decode_message(message)
-            event = parse_control(normalize_control(decoded))
+            event = parse_control(normalize_control(decoded), self.bridge.settings.max_text_length)
             refusal = self.admit_control(session_id, event)
             if refusal is not None:
                 return _refusal_text(refusal, decoded.get("id")), True
@@ -469,7 +469,9 @@ class SocketHandlers:
                     decoded = decode_message(message)
                     if decoded.get("t", decoded.get("type")) != "refresh":
                         # Taps, and whatever else a compatible page sends here (swipes).
-                        event = parse_control(normalize_control(decoded))
+                        event = parse_control(
+                            normalize_control(decoded), self.bridge.settings.max_text_length
+                        )
                         refusal = self.admit_control(sid, event)
                         if refusal is not None:
                             await ws.send(_refusal_text(refusal, decoded.get("id")))
