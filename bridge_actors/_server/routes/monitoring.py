@@ -14,6 +14,7 @@ from quart import Blueprint, Response
 from ..._errors import SessionNotFound
 from .. import views
 from ..authz import requires
+from ..guard import caller_sees
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import render_metrics
 from ..state import current_state
@@ -66,7 +67,11 @@ async def metrics() -> Response:
 @requires("watch")
 async def status_all() -> dict[str, Any]:
     """Every session, as the ios-bridge status page lists them."""
-    sessions = [views.session_list_item(s) for s in current_state().bridge.list_sessions()]
+    sessions = [
+        views.session_list_item(s)
+        for s in current_state().bridge.list_sessions()
+        if caller_sees(s.session_id)
+    ]
     return {
         "total_sessions": len(sessions),
         "sessions": sessions,
