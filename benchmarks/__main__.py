@@ -94,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a setting for the server the harness starts (field name, e.g. fps=15)",
     )
-    common.add_argument("--format", choices=("json", "binary"), default="json")
+    common.add_argument(
+        "--format",
+        choices=("json", "binary", "h264"),
+        default="json",
+        help="video stream: JSON, binary JPEG, or binary H.264 (fanout only)",
+    )
     common.add_argument(
         "--client",
         choices=("lean", "trio-websocket"),
