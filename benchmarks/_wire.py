@@ -72,8 +72,8 @@ def json_frame_facts(message: str) -> FrameFacts:
 def binary_frame_facts(message: bytes) -> FrameFacts:
     if len(message) < BINARY_HEADER_SIZE:
         raise ValueError(f"binary frame of {len(message)} bytes is shorter than its header")
-    magic, seq, timestamp, _pw, _ph, _ptw, _pth, input_seq, _codec = BINARY_HEADER.unpack_from(
-        message
+    magic, seq, timestamp, _pw, _ph, _ptw, _pth, input_seq, _codec, _flags = (
+        BINARY_HEADER.unpack_from(message)
     )
     if magic != BINARY_MAGIC:
         raise ValueError(f"binary frame has bad magic {magic!r}")

@@ -16,7 +16,7 @@ import trio
 from ._checks import one_exception
 from ._controls import ControlEvent, Key, parse_control, resolve_key
 from ._device import Configurations, DeviceBackend, Screenshot
-from ._errors import BadInput, DeviceError
+from ._errors import BadInput, CaptureFailed, DeviceError
 from ._services.allocator import AllocatorStatistics, AllocatorTrimmer, glibc_allocator
 from ._services.capture import CaptureConfig, CapturePool, CapturePoolStatistics, CaptureStatistics
 from ._services.fanout import Viewer
@@ -32,8 +32,9 @@ from ._services.sessions import (
     SessionRegistry,
     session_record_problem,
 )
-from ._services.warden import MemorySample, MemoryWarden, WardenStatistics
+from ._services.warden import MemorySample, MemoryWarden, WardenStatistics, WardenTargets
 from ._settings import Settings
+from ._video.encoder import EncoderConfig, EncoderFactory, EncoderPool, H264Feed
 
 log = logging.getLogger("bridge_actors")
 
@@ -98,6 +99,7 @@ class Bridge:
         settings: Settings,
         backends: dict[str, DeviceBackend],
         memory_probe: Callable[[], MemorySample] | None,
+        video_encoder: EncoderFactory | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -120,8 +122,20 @@ class Bridge:
                 restart_backoff_max=settings.restart_backoff_max,
             )
         )
+        self.video_encoder = video_encoder
+        self.encoders = EncoderPool(
+            EncoderConfig(
+                keyframe_interval=settings.h264_keyframe_interval,
+                join=settings.h264_join,
+                backlog=settings.h264_backlog,
+                feed_deadline=settings.viewer_deadline,
+                idle_timeout=settings.service_idle_timeout,
+            ),
+            video_encoder or _no_video_encoder,
+            trio.CapacityLimiter(settings.h264_encode_threads),
+        )
         self.warden = MemoryWarden(
-            self.pool,
+            WardenTargets({"capture": self.pool, "h264": self.encoders}),
             limit_mb=settings.max_memory_mb,
             interval=settings.memory_check_interval,
             probe=memory_probe,
@@ -146,8 +160,11 @@ class Bridge:
         return self.limiter.released
 
     async def _session_ended(self, session: Session) -> None:
+        encoding = self.encoders.stop_device(session.device.udid, "session deleted")
         done = self.pool.stop_device(session.device.udid, "session deleted")
         self.limiter.forget_session(session.session_id)
+        if encoding is not None:
+            await encoding.wait()
         if done is not None:
             await done.wait()
 
@@ -240,6 +257,35 @@ class Bridge:
         finally:
             session.release(membership)
 
+    @asynccontextmanager
+    async def h264_feed(self, session_id: str) -> AsyncIterator[H264Feed]:
+        """The session's device as H.264 access units for one viewer: ``await feed.receive()``.
+
+        Starts or joins the device's one encoder (and its capture). The first packet
+        is a keyframe; a feed that falls behind skips to the next keyframe. Ends as
+        :meth:`watch` does, and with CaptureFailed if the encoder fails.
+        """
+        if self.video_encoder is None:
+            raise CaptureFailed("H.264 is not available: this bridge was given no video encoder")
+        session = self.registry.get(session_id)
+        membership = Lifeline()
+        session.adopt(membership)
+
+        def frames():
+            return self.pool.subscribe(
+                session.backend,
+                session.device,
+                lambda: session.applied_input_seq,
+                capacity=1,
+            )
+
+        try:
+            with membership.held():
+                async with self.encoders.subscribe(session.device.udid, frames) as feed:
+                    yield feed
+        finally:
+            session.release(membership)
+
     async def control(self, session_id: str, event: ControlEvent | Mapping[str, Any]) -> int:
         """Apply a control event (or its JSON form); returns its input_seq once applied."""
         if not isinstance(event, ControlEvent):
@@ -317,11 +363,16 @@ class Bridge:
         )
 
 
+def _no_video_encoder(width: int, height: int):
+    raise CaptureFailed("H.264 is not available: this bridge was given no video encoder")
+
+
 @asynccontextmanager
 async def run_bridge(
     settings: Settings,
     backends: Mapping[str, DeviceBackend],
     memory_probe: Callable[[], MemorySample] | None = None,
+    video_encoder: EncoderFactory | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run the bridge's actors over the given backends for the duration of the block.
 
@@ -330,14 +381,17 @@ async def run_bridge(
     A failure comes out as one plain exception, never an exception group: a
     single error is re-raised as it is; several are wrapped in one BridgeError
     naming them. The caller holds the state directory (``hold_state_dir``).
+    ``video_encoder`` makes the H.264 codec for a picture size; without one
+    :meth:`Bridge.h264_feed` refuses.
     """
     for backend in backends.values():
         await backend.check()
-    bridge = Bridge(settings, dict(backends), memory_probe)
+    bridge = Bridge(settings, dict(backends), memory_probe, video_encoder)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.limiter.run)
             await nursery.start(bridge.pool.run)
+            await nursery.start(bridge.encoders.run)
             await nursery.start(bridge.warden.run)
             await nursery.start(bridge.trimmer.run)
             await nursery.start(bridge.registry.run)

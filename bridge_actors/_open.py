@@ -13,6 +13,7 @@ from ._device import DeviceBackend
 from ._services.statelock import hold_state_dir
 from ._services.warden import MemorySample
 from ._settings import Settings, load_settings
+from ._video.pyav_encoder import pyav_encoder_factory
 
 
 @asynccontextmanager
@@ -36,7 +37,8 @@ async def open_bridge(
     with hold_state_dir(settings.state_dir):
         if backends is None:
             backends = make_backends(settings, trio.CapacityLimiter(settings.encode_threads))
-        async with run_bridge(settings, backends, memory_probe) as bridge:
+        encoder = pyav_encoder_factory(settings)
+        async with run_bridge(settings, backends, memory_probe, encoder) as bridge:
             yield bridge
 
 

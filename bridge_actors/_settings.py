@@ -237,6 +237,32 @@ class Settings(pydantic.BaseModel):
         description="seconds before the kernel drops a connection whose data goes unacknowledged",
     )
 
+    # H.264 video: one encoder per device for the H.264 and WebRTC viewers.
+    h264_keyframe_interval: float = pydantic.Field(
+        2.0, gt=0, le=60, description="seconds between H.264 keyframes (IDR frames)"
+    )
+    h264_join: Literal["idr", "gop", "idr_or_gop"] = pydantic.Field(
+        "idr_or_gop",
+        description="how a joining H.264 viewer starts: a forced IDR (at most one per keyframe "
+        "interval, later joiners wait for the next keyframe), a replay of the current GOP, or "
+        "a forced IDR when allowed and a replay otherwise",
+    )
+    h264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = (
+        pydantic.Field("veryfast", description="x264 speed preset of the H.264 encoder")
+    )
+    h264_crf: int = pydantic.Field(
+        23, ge=0, le=51, description="x264 constant rate factor: lower is better and larger"
+    )
+    h264_backlog: int = pydantic.Field(
+        10,
+        ge=1,
+        le=1000,
+        description="packets an H.264 viewer may fall behind before it skips to the next keyframe",
+    )
+    h264_encode_threads: int = pydantic.Field(
+        1, ge=1, le=64, description="worker threads running H.264 encoders, for all devices"
+    )
+
     @pydantic.model_validator(mode="wrap")
     @classmethod
     def _raise_invalid_settings(

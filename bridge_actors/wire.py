@@ -4,7 +4,8 @@ The one definition of the messages of docs/protocol.md that are more than plain
 JSON objects, for the server and for any client (the benchmarks use it too):
 
 * the binary video message (``?format=binary``): a 32-byte big-endian header,
-  then the JPEG. :func:`encode_binary_header` and :func:`parse_binary_header`;
+  then the JPEG, or with ``&codec=h264`` one H.264 access unit in Annex B.
+  :func:`encode_binary_header` and :func:`parse_binary_header`;
 * the JSON ``video_frame`` text, keys in the order ios-bridge clients know:
   :func:`video_frame_text`;
 * the ``screenshot`` message: :func:`screenshot_message`;
@@ -25,8 +26,9 @@ Binary header layout (all big-endian)::
         20    2 point_width    uint16
         22    2 point_height   uint16
         24    4 input_seq      uint32, last control applied before capture
-        28    1 codec          1 = JPEG
-        29    3 reserved       zero
+        28    1 codec          1 = JPEG, 2 = H.264 (Annex B)
+        29    1 flags          bit 0: keyframe (an IDR, SPS and PPS in front); JPEG: always 1
+        30    2 reserved       zero
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ __all__ = [
     "BINARY_HEADER",
     "BINARY_HEADER_SIZE",
     "BINARY_MAGIC",
+    "CODEC_H264",
     "CODEC_JPEG",
+    "FLAG_KEYFRAME",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "INVALID_DATA",
@@ -57,6 +61,7 @@ __all__ = [
     "TRY_AGAIN_LATER",
     "binary_frame",
     "encode_binary_header",
+    "h264_message",
     "jpeg_base64",
     "parse_binary_header",
     "screenshot_message",
@@ -81,7 +86,9 @@ RATE_LIMITED = 4029  # too many connections from this client; reason "retry_afte
 
 BINARY_MAGIC = b"BAV1"
 CODEC_JPEG = 1
-BINARY_HEADER = struct.Struct(">4sIdHHHHIB3x")
+CODEC_H264 = 2
+FLAG_KEYFRAME = 1
+BINARY_HEADER = struct.Struct(">4sIdHHHHIBB2x")
 BINARY_HEADER_SIZE = BINARY_HEADER.size
 assert BINARY_HEADER_SIZE == 32
 
@@ -96,8 +103,11 @@ def encode_binary_header(
     point_height: int,
     input_seq: int,
     codec: int = CODEC_JPEG,
+    keyframe: bool = True,
 ) -> bytes:
-    """The 32-byte header of a binary video message; seq and input_seq wrap at 2**32."""
+    """The 32-byte header of a binary video message; seq and input_seq wrap at 2**32.
+
+    Every JPEG is a keyframe (a viewer may start at any of them)."""
     return BINARY_HEADER.pack(
         BINARY_MAGIC,
         seq & 0xFFFFFFFF,
@@ -108,17 +118,21 @@ def encode_binary_header(
         point_height,
         input_seq & 0xFFFFFFFF,
         codec,
+        FLAG_KEYFRAME if keyframe else 0,
     )
 
 
 def parse_binary_header(message: bytes) -> dict[str, Any]:
-    """Decode a binary video message: its header fields, and the JPEG as ``jpeg``.
+    """Decode a binary video message: its header fields, and what follows as ``payload``
+    (also as ``jpeg``, the name older clients know).
 
     Raises ValueError for a message shorter than the header or with another magic.
     """
     if len(message) < BINARY_HEADER_SIZE:
         raise ValueError(f"binary frame shorter than its {BINARY_HEADER_SIZE}-byte header")
-    magic, seq, timestamp, pw, ph, ptw, pth, input_seq, codec = BINARY_HEADER.unpack_from(message)
+    magic, seq, timestamp, pw, ph, ptw, pth, input_seq, codec, flags = BINARY_HEADER.unpack_from(
+        message
+    )
     if magic != BINARY_MAGIC:
         raise ValueError(f"bad magic {magic!r}")
     return {
@@ -130,6 +144,8 @@ def parse_binary_header(message: bytes) -> dict[str, Any]:
         "point_height": pth,
         "input_seq": input_seq,
         "codec": codec,
+        "keyframe": bool(flags & FLAG_KEYFRAME),
+        "payload": message[BINARY_HEADER_SIZE:],
         "jpeg": message[BINARY_HEADER_SIZE:],
     }
 
@@ -150,6 +166,33 @@ def _binary_message(frame: Frame) -> bytes:
 def binary_frame(frame: Frame) -> bytes:
     """The ``?format=binary`` message of ``frame``: made once, shared by every viewer."""
     return frame.shared(_binary_message)
+
+
+def h264_message(
+    data: bytes,
+    *,
+    keyframe: bool,
+    seq: int,
+    timestamp: float,
+    pixel_width: int,
+    pixel_height: int,
+    point_width: int,
+    point_height: int,
+    input_seq: int,
+) -> bytes:
+    """The ``?format=binary&codec=h264`` message of one access unit (Annex B ``data``)."""
+    header = encode_binary_header(
+        seq=seq,
+        timestamp=timestamp,
+        pixel_width=pixel_width,
+        pixel_height=pixel_height,
+        point_width=point_width,
+        point_height=point_height,
+        input_seq=input_seq,
+        codec=CODEC_H264,
+        keyframe=keyframe,
+    )
+    return header + data
 
 
 # --- the JSON messages ------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from fakes import make_frame
 from bridge_actors import BINARY_HEADER_SIZE, Frame, parse_binary_header
 from bridge_actors.wire import (
     BINARY_HEADER,
+    CODEC_H264,
     binary_frame,
     encode_binary_header,
+    h264_message,
     jpeg_base64,
     video_frame_text,
 )
@@ -41,8 +43,27 @@ def test_the_header_is_32_bytes_and_reads_back():
     assert message[:4] == b"BAV1"
     assert message[BINARY_HEADER_SIZE:] == frame.jpeg
     header = parse_binary_header(message)
-    assert header == {"seq": 7, **HEADER_FIELDS, "codec": 1, "jpeg": frame.jpeg}
+    assert header == {
+        "seq": 7,
+        **HEADER_FIELDS,
+        "codec": 1,
+        "keyframe": True,
+        "payload": frame.jpeg,
+        "jpeg": frame.jpeg,
+    }
     assert message[:BINARY_HEADER_SIZE] == encode_binary_header(seq=7, **HEADER_FIELDS)
+    assert message[28:32] == b"\x01\x01\x00\x00"  # codec JPEG, keyframe, reserved
+
+
+def test_an_h264_message_carries_its_codec_and_key_flag():
+    unit = b"\x00\x00\x00\x01\x41\x9a"
+    for keyframe in (True, False):
+        message = h264_message(unit, keyframe=keyframe, seq=9, **HEADER_FIELDS)
+        header = parse_binary_header(message)
+        assert (header["codec"], header["keyframe"]) == (CODEC_H264, keyframe)
+        assert header["payload"] == unit
+        assert header["seq"] == 9 and header["input_seq"] == HEADER_FIELDS["input_seq"]
+        assert message[29] == (1 if keyframe else 0)
 
 
 def test_a_short_or_foreign_message_is_refused():

@@ -25,7 +25,7 @@ from quart import websocket
 
 from .._bridge import Bridge
 from .._controls import parse_control
-from .._device import LogLine
+from .._device import DeviceInfo, LogLine
 from .._errors import (
     BadInput,
     BridgeError,
@@ -40,6 +40,7 @@ from .._errors import (
 )
 from .._services.lifeline import Lifeline
 from .._services.meter import RateMeter
+from .._video.encoder import EncodedPacket, H264Feed
 from ..wire import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -50,6 +51,7 @@ from ..wire import (
     SESSION_FULL,
     TRY_AGAIN_LATER,
     binary_frame,
+    h264_message,
     screenshot_message,
     video_frame_text,
 )
@@ -280,6 +282,40 @@ Guard = Callable[[Lifeline], None]
 Body = Callable[[Any, str, Guard], Awaitable[None]]
 
 
+class H264Messages:
+    """The binary message of each recent H.264 packet, made once for all its viewers.
+
+    Packets are kept with their messages (so no id is reused while cached); the
+    oldest go first. ``capacity`` covers any backlog a feed may have.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._messages: dict[int, tuple[EncodedPacket, bytes]] = {}
+        self.made = 0
+
+    def message(self, packet: EncodedPacket, device: DeviceInfo) -> bytes:
+        cached = self._messages.get(id(packet))
+        if cached is not None and cached[0] is packet:
+            return cached[1]
+        message = h264_message(
+            packet.data,
+            keyframe=packet.keyframe,
+            seq=packet.frame_number,
+            timestamp=packet.timestamp,
+            pixel_width=device.pixel_width,
+            pixel_height=device.pixel_height,
+            point_width=device.point_width,
+            point_height=device.point_height,
+            input_seq=packet.input_seq,
+        )
+        self.made += 1
+        if len(self._messages) >= self._capacity:
+            del self._messages[next(iter(self._messages))]
+        self._messages[id(packet)] = (packet, message)
+        return message
+
+
 class SocketHandlers:
     """The session WebSockets of one app, sharing its bridge and its OpenSockets."""
 
@@ -287,6 +323,7 @@ class SocketHandlers:
         self.bridge = bridge
         self.sockets = sockets
         self.stuck = stuck
+        self.h264_messages = H264Messages()
 
     async def _serve(self, kind: str, session_id: str, body: Body) -> None:
         ws = websocket._get_current_object()
@@ -330,8 +367,12 @@ class SocketHandlers:
     async def video(self, session_id: str) -> None:
         try:
             binary, max_fps = _video_options(websocket.args)
+            h264 = _h264_option(websocket.args, binary, max_fps)
         except BadInput as error:
             await _refuse_bad_input(error)
+            return
+        if h264:
+            await self._serve("video", session_id, self._h264_body)
             return
 
         async def body(ws, sid: str, guard: Guard) -> None:
@@ -362,6 +403,17 @@ class SocketHandlers:
                         del text
 
         await self._serve("video", session_id, body)
+
+    async def _h264_body(self, ws, sid: str, guard: Guard) -> None:
+        device = self.bridge.get_session(sid).device
+        async with self.bridge.h264_feed(sid) as feed, trio.open_nursery() as nursery:
+            guard(feed.lifeline)
+            nursery.start_soon(_keyframe_requests, ws, feed)
+            async for packet in feed:
+                message = self.h264_messages.message(packet, device)
+                del packet
+                await ws.send(message)
+                del message
 
     # -- control --
 
@@ -492,6 +544,31 @@ def _video_options(args) -> tuple[bool, float | None]:
         if not math.isfinite(max_fps) or not MIN_VIEWER_FPS <= max_fps <= 1000:
             raise BadInput("fps", f"must be from {MIN_VIEWER_FPS:g} to 1000, not {raw_fps}")
     return fmt == "binary", max_fps
+
+
+def _h264_option(args, binary: bool, max_fps: float | None) -> bool:
+    """``?codec=``: ``jpeg`` (the default) or ``h264``, which needs ``format=binary``."""
+    codec = args.get("codec", "jpeg")
+    if codec not in ("jpeg", "h264"):
+        raise BadInput("codec", f"must be 'jpeg' or 'h264', not {codec!r}")
+    if codec == "h264" and not binary:
+        raise BadInput("codec", "h264 is sent only as binary messages: add format=binary")
+    if codec == "h264" and max_fps is not None:
+        raise BadInput("fps", "an H.264 stream cannot be capped: its frames depend on each other")
+    return codec == "h264"
+
+
+async def _keyframe_requests(ws, feed: H264Feed) -> None:
+    """An H.264 client may ask for a keyframe (its decoder lost sync); all else is ignored."""
+    while True:
+        message = await ws.receive()
+        if isinstance(message, str) and '"keyframe"' in message:
+            try:
+                request = decode_json(message, "message")
+            except BadInput:
+                continue
+            if isinstance(request, dict) and request.get("type") == "keyframe":
+                feed.request_keyframe()
 
 
 async def _refuse_bad_input(error: BadInput) -> None:

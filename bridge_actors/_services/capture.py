@@ -138,8 +138,8 @@ class CaptureService:
     def accepting(self) -> bool:
         return self.state in ("starting", "running") and not self.scope.cancel_called
 
-    def attach(self, *, max_fps: float | None = None) -> Viewer:
-        viewer = self.fanout.add(max_fps=max_fps)
+    def attach(self, *, max_fps: float | None = None, capacity: int | None = None) -> Viewer:
+        viewer = self.fanout.add(max_fps=max_fps, capacity=capacity)
         self._notify()
         return viewer
 
@@ -291,17 +291,24 @@ class CapturePool:
 
     @asynccontextmanager
     async def subscribe(
-        self, backend: DeviceBackend, device: DeviceInfo, input_seq, *, max_fps: float | None = None
+        self,
+        backend: DeviceBackend,
+        device: DeviceInfo,
+        input_seq,
+        *,
+        max_fps: float | None = None,
+        capacity: int | None = None,
     ) -> AsyncIterator[Viewer]:
         """Attach one viewer to the device's capture, starting it if needed.
 
         ``input_seq`` is a zero-argument callable giving the device's last applied
-        control number; frames carry it.
+        control number; frames carry it. ``capacity`` overrides the slot size (an
+        encoder takes 1: always the newest frame).
         """
         await trio.lowlevel.checkpoint()
         service = self._service_for(backend, device, input_seq)
         self.attaches += 1
-        viewer = service.attach(max_fps=max_fps)
+        viewer = service.attach(max_fps=max_fps, capacity=capacity)
         try:
             with viewer.lifeline.held():
                 yield viewer

@@ -185,6 +185,33 @@ class WardenTarget(Protocol):
         ...
 
 
+class WardenTargets:
+    """Several targets as one: each key is ``"<name> <key>"``, the name its target's.
+
+    The oldest idle service is shed first whichever kind it is; admission opens
+    and closes for all of them at once.
+    """
+
+    def __init__(self, targets: dict[str, WardenTarget]) -> None:
+        self._targets = dict(targets)
+
+    def idle_services(self) -> list[tuple[str, float]]:
+        return [
+            (f"{name} {key}", last_used)
+            for name, target in self._targets.items()
+            for key, last_used in target.idle_services()
+        ]
+
+    def stop_service(self, key: str, reason: str) -> bool:
+        name, _, inner = key.partition(" ")
+        target = self._targets.get(name)
+        return target is not None and target.stop_service(inner, reason)
+
+    def set_capture_admission(self, allowed: bool) -> None:
+        for target in self._targets.values():
+            target.set_capture_admission(allowed)
+
+
 @dataclass(frozen=True, slots=True)
 class WardenStatistics:
     tier: str

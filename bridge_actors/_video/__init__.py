@@ -1,0 +1,1 @@
+"""Encoded video: H.264 bitstream parsing and the per-device encoder service."""
