@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import numpy as np
@@ -82,14 +84,15 @@ def encode(count: int, *, gop: int = 30, fps: int = 30) -> list[Packet]:
 
 @dataclass
 class Received:
-    numbers: list[int] = field(default_factory=list)
+    numbers: list[Any] = field(default_factory=list)  # what the reader read of each frame
     states: list[str] = field(default_factory=list)
 
 
 class Client:
     """An aiortc peer that receives one video track, on its own asyncio thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, reader: Callable[[av.VideoFrame], Any] = number_in) -> None:
+        self.reader = reader
         self.thread = AsyncioThread("test-webrtc-client")
         self.received = Received()
         self.pc: RTCPeerConnection | None = None
@@ -122,7 +125,7 @@ class Client:
         try:
             while True:
                 frame = await track.recv()
-                self.received.numbers.append(number_in(frame))
+                self.received.numbers.append(self.reader(frame))
                 self._token.run_sync_soon(self._wake)
         except MediaStreamError:
             pass

@@ -218,6 +218,7 @@ async def serve(
             finally:
                 server.begin_shutdown()
             await server.served.wait()  # Hypercorn is done; what hung was aborted by reap
+            await app_state(app).handlers.webrtc_viewers.stop()  # every peer closed with its socket
             nursery.cancel_scope.cancel()  # the stuck-socket watcher has nothing left to watch
     except BaseExceptionGroup as group:
         # One plain exception out of the public API, as open_bridge does; a

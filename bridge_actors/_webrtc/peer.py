@@ -248,6 +248,10 @@ class Peer:
         assert self._inner is not None
         self._thread.call_soon(self._inner.track.put, packet)
 
+    async def changed(self) -> None:
+        """Wait for the connection state to change."""
+        await self._changed.wait()
+
     async def wait_state(self, *states: str) -> str:
         """Wait until the connection state is one of ``states``; returns it."""
         while self.state not in states:

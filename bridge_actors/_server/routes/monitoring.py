@@ -47,6 +47,7 @@ async def stats() -> dict[str, Any]:
     server = {
         "websockets": state.sockets.statistics(),
         "session_creations_refused": state.creations_refused,
+        "webrtc": await state.handlers.webrtc_viewers.statistics_document(),
     }
     return views.stats_document(state.bridge.statistics(), server)
 
