@@ -477,6 +477,7 @@ async def test_viewer_reads_the_binary_header_and_scales_to_points(
             "pointHeight": 844,
             "inputSeq": 123_456,
             "codec": 1,
+            "keyframe": True,
         }
         assert point == {"x": 200, "y": 843}  # 600 px / 3; below the screen clamps to its edge
         assert ui.problems == []

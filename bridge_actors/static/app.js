@@ -42,6 +42,7 @@
       pointHeight: view.getUint16(22),
       inputSeq: view.getUint32(24),
       codec: view.getUint8(28),
+      keyframe: (view.getUint8(29) & 1) === 1,
     };
   }
 
@@ -388,7 +389,9 @@
       this.sessionId = state.sessionId = sessionId;
       this.resetFigures();
       const path = `/ws/${encodeURIComponent(sessionId)}`;
-      this.video = new ReconnectingSocket({
+      // Another transport (static/transport.js) may bring the video in its own way.
+      this.transport = window.bridgeTransports ? window.bridgeTransports.active() : null;
+      if (!this.transport) this.video = new ReconnectingSocket({
         url: wsUrl(`${path}/video?format=binary`),
         binary: true,
         onMessage: (data) => this.onVideoMessage(data),
@@ -401,7 +404,8 @@
         onClose: (event, plan, delay) => this.onSocketClose("control", event, plan, delay),
         onState: (value) => this.setControlState(value),
       });
-      this.video.start();
+      if (this.transport) this.transport.start(sessionId, this.canvas);
+      else this.video.start();
       this.control.start();
       $("screen-placeholder").textContent = "Connecting…";
       $("screen-placeholder").hidden = false;
@@ -440,6 +444,8 @@
       this.tapWait = null;
       this.pendingAcks.clear();
       if (this.video) this.video.stop();
+      if (this.transport) this.transport.stop();
+      this.transport = null;
       if (this.control) this.control.stop();
       this.video = this.control = null;
       this.frame = null;
@@ -514,6 +520,7 @@
         return;
       }
       state.framesReceived += 1;
+      if (window.bridgeTransports) window.bridgeTransports.received(data.byteLength);
       const item = { header, data, generation: this.generation };
       if (this.decoding) {
         // Keep only the newest frame while one decodes: showing the present beats catching up.
@@ -570,7 +577,7 @@
       if ($("status").dataset.state !== "live") {
         setBadge($("status"), "live");
         $("screen-placeholder").hidden = true;
-        this.video.healthy();
+        if (this.video) this.video.healthy();
         if (this.troubled) {
           this.troubled = false;
           showNotice("Reconnected: the screen is live again.");
@@ -1000,7 +1007,8 @@
     state,
     lib: {
       parseFrameHeader, retryAfterSeconds, closePlan, Backoff, reconnectDelay,
-      canvasPixel, pixelToPoint, RecentCounter,
+      canvasPixel, pixelToPoint, RecentCounter, ReconnectingSocket, wsUrl, logEvent, showNotice,
+      HEADER_SIZE,
     },
     open: (sessionId) => viewer.open(sessionId),
     close: () => viewer.close(),
