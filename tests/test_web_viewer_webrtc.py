@@ -58,9 +58,12 @@ def video_picture(page) -> dict:
             context.drawImage(video, 0, 0);
             const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
             const colours = new Set();
-            for (let i = 0; i < data.length; i += 4 * 97) colours.add(data[i] << 16 | data[i + 1] << 8 | data[i + 2]);
+            for (let i = 0; i < data.length; i += 4 * 97) {
+                colours.add(data[i] << 16 | data[i + 1] << 8 | data[i + 2]);
+            }
+            const canvasStyle = getComputedStyle(document.getElementById("device-canvas"));
             return {width: video.videoWidth, height: video.videoHeight, colours: colours.size,
-                    canvasShown: getComputedStyle(document.getElementById("device-canvas")).display !== "none"};
+                    canvasShown: canvasStyle.display !== "none"};
         }"""
     )
 
