@@ -4,6 +4,7 @@ Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, http
 (REST throughput and latency on keep-alive, ``Connection: close`` and proxied
 connections, idle connections, and the server's descriptors after each),
 rounds (rounds of video viewers that never read; the server's RSS after each),
+webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU per peer),
 and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
@@ -27,17 +28,18 @@ from typing import Any
 import psutil
 import trio
 
-from . import _rest, _scenarios, _stress
+from . import _rest, _scenarios, _stress, _webrtc
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
 from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "standard",
+    "webrtc", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
+WEBRTC_PEERS = [1, 5, 10, 20, 35, 50]
 
 
 def _counts(text: str) -> list[int]:
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--request-timeout", type=_positive(float), default=2.0, help="http: seconds per request"
     )
+    load.add_argument(
+        "--peers", type=_counts, help="webrtc: peer counts, in order (default 1,5,10,20,35,50)"
+    )
     load.add_argument("--rounds", type=_positive(int), default=5, help="rounds: rounds")
     load.add_argument(
         "--round-viewers", type=_positive(int), default=500, help="rounds: viewers per round"
@@ -258,6 +263,10 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
             budget((args.rounds + 1) * (args.round_viewers / 50 + args.deadline + 15 + 40)),
             partial(_stress.rounds, ctx, rounds=args.rounds, viewers=args.round_viewers,
                     deadline=args.deadline, fmt=fmt),
+        ),
+        "webrtc": (
+            budget(sum(30 + n + 2 + d for n in (args.peers or WEBRTC_PEERS)) + 30),
+            partial(_webrtc.webrtc, ctx, peers=args.peers or WEBRTC_PEERS, duration=d),
         ),
     }  # fmt: skip
     if args.scenario != "standard":

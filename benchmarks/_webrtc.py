@@ -1,0 +1,174 @@
+"""``webrtc``: how many WebRTC peers of one device the server keeps at >= 95% of frames.
+
+Peers are real aiortc clients in the harness process (the server runs apart, so
+its CPU is measured alone). Each signals on ``/ws/{id}/webrtc`` as ios-bridge's
+viewers do, connects over loopback, and counts the complete H.264 frames its
+receiver reassembles; the harness's receivers count instead of decoding, so that
+the clients' CPU does not cap what is measured (tests/test_webrtc_server.py shows
+the same stream decodes). A step's figure: each peer's frames in the window
+against the frames the device's capture produced in it; the steps stop at the
+first that fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio_websocket
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, rtcrtpreceiver
+
+from bridge_actors._webrtc import peer as peer_module
+from bridge_actors._webrtc.loop import AsyncioThread
+
+from ._load import Context
+from ._server import ProcessMeter
+from ._targets import at_least
+
+HELD = 0.95
+
+
+class CountingDecoder:
+    """Stands in for aiortc's H.264 decoder on the benchmark's receivers: counts frames."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def decode(self, encoded_frame: Any) -> list:
+        self.frames += 1
+        return []
+
+
+@dataclass
+class Decoders:
+    made: list[CountingDecoder] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def make(self, codec: Any) -> CountingDecoder:
+        decoder = CountingDecoder()
+        with self.lock:
+            self.made.append(decoder)
+        return decoder
+
+
+@contextlib.contextmanager
+def counting_decoders():
+    decoders = Decoders()
+    original = rtcrtpreceiver.get_decoder
+    rtcrtpreceiver.get_decoder = decoders.make
+    try:
+        yield decoders
+    finally:
+        rtcrtpreceiver.get_decoder = original
+
+
+async def _offer(pcs: list) -> tuple[Any, str]:
+    peer_module._HOST_ADDRESSES.set(("127.0.0.1",))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+
+    @pc.on("track")
+    def _track(track) -> None:
+        pass  # frames are counted where the receiver reassembles them
+
+    pcs.append(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+async def _accept(pc: Any, sdp: str) -> None:
+    await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+
+
+async def _close_all(pcs: list) -> None:
+    for pc in pcs:
+        await pc.close()
+
+
+async def _peer(
+    url: str, thread: AsyncioThread, pcs: list, connected: trio.Semaphore, task_status
+) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.get_message()  # the ready status
+        pc, offer = await thread.run(_offer, pcs)
+        await ws.send_message(json.dumps({"type": "offer", "sdp": offer}))
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "answer":
+                await thread.run(_accept, pc, message["sdp"])
+            elif message["type"] == "connection-state" and message["state"] == "connected":
+                break
+            elif message["type"] == "error":
+                raise RuntimeError(f"signalling: {message['message']}")
+        task_status.started()
+        while True:
+            await ws.get_message()  # state changes; the socket's end is the peer's end
+
+
+async def _capture_frames(client: Any, udid: str) -> int:
+    stats = (await client.get("/stats")).json()
+    return stats["captures"][udid]["fanout"]["frames_in"]
+
+
+async def webrtc(ctx: Context, *, peers: list[int], duration: float) -> None:
+    import httpx
+
+    settings = {
+        "max_connections_per_session": max(peers) + 10,
+        "max_connections_per_minute": 100_000,
+    }
+    async with ctx.server("webrtc", settings) as server:
+        session, udid = server.sessions[0], server.udids[0]
+        url = f"{server.ws_base}/ws/{session}/webrtc"
+        meter = ProcessMeter(server.pid)
+        best = 0
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            for count in peers:
+                figures = await _step(ctx, client, url, udid, meter, count, duration)
+                await ctx.results.add_figures("webrtc", f"{count} peers", figures)
+                if figures["peers_holding_95"] == count:
+                    best = max(best, count)
+                else:
+                    break
+        await ctx.results.add_figures("webrtc", "largest", {"peers_at_95_percent": best})
+        await ctx.results.add_targets(
+            at_least("webrtc", "peers of one encoder at >= 95% of frames", best, 50, "")
+        )
+
+
+async def _step(ctx, client, url, udid, meter, count, duration) -> dict[str, Any]:
+    thread = AsyncioThread("bench-webrtc-clients")
+    pcs: list = []
+    with counting_decoders() as decoders, ctx.reporter.task(f"webrtc: {count} peers"):
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(30 + count):
+                    for _ in range(count):
+                        await nursery.start(_peer, url, thread, pcs, None)
+                await ctx.pause(2.0)  # past the first keyframe and the join burst
+                before = [d.frames for d in decoders.made]
+                frames_before = await _capture_frames(client, udid)
+                cpu_before = meter.cpu_seconds() or 0.0
+                await trio.sleep(duration)
+                cpu = (meter.cpu_seconds() or 0.0) - cpu_before
+                frames = await _capture_frames(client, udid) - frames_before
+                got = [d.frames - b for d, b in zip(decoders.made, before, strict=False)]
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await thread.run(_close_all, pcs)
+                await thread.stop()
+    shares = sorted(g / frames for g in got) if frames else [0.0]
+    return {
+        "peers": count,
+        "capture_frames": frames,
+        "peers_holding_95": sum(s >= HELD for s in shares),
+        "worst_share": round(shares[0], 3),
+        "median_share": round(shares[len(shares) // 2], 3),
+        "server_cpu_percent": round(100 * cpu / duration, 1),
+        "server_cpu_ms_per_peer_second": round(1000 * cpu / duration / count, 2),
+    }
