@@ -77,6 +77,23 @@ async def test_a_quality_message_of_one_viewer_leaves_the_other_streaming(server
         await second.close()
 
 
+async def test_deleting_the_session_closes_the_socket_and_its_peer(server):
+    sid = server.session_id
+    client = Client(picture)
+    try:
+        async with open_ws(server.ws_url(sid, "webrtc")) as ws:
+            with trio.fail_after(30):
+                await connect(ws, client)
+                await client.wait_frames(3)
+                assert (await server.stats())["server"]["webrtc"]["peers"] == 1
+                assert (await server.http.delete(f"/api/sessions/{sid}")).status_code == 200
+                assert await close_of(ws) == (4004, "session deleted")
+        stats = await settled(server)
+        assert stats["peers"] == 0 and stats["loop_tasks"] == 0
+    finally:
+        await client.close()
+
+
 BAD_SIGNALS = [
     ("not json", "message"),
     (json.dumps([1, 2]), "message"),
@@ -198,6 +215,8 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(tmp_path, cycles):
         assert stats["loop_tasks"] == 0
         assert udp_sockets() == sockets
         assert threading.active_count() == threads
+    # The server stopped: its WebRTC loop and thread went with it.
+    assert not [t for t in threading.enumerate() if t.name == "bridge-webrtc"]
 
 
 OFFER = ""

@@ -218,13 +218,16 @@ async def serve(
             finally:
                 server.begin_shutdown()
             await server.served.wait()  # Hypercorn is done; what hung was aborted by reap
-            await app_state(app).handlers.webrtc_viewers.stop()  # every peer closed with its socket
             nursery.cancel_scope.cancel()  # the stuck-socket watcher has nothing left to watch
     except BaseExceptionGroup as group:
         # One plain exception out of the public API, as open_bridge does; a
         # cancellation from outside stays a cancellation.
         error = one_exception(group, "server")
         raise error from error.__cause__  # its own cause, not the group around it
+    finally:
+        # Every socket has ended, and closed its WebRTC peer on the way: the loop goes too.
+        with trio.CancelScope(shield=True):
+            await app_state(app).handlers.webrtc_viewers.stop()
     log.info("server stopped")
 
 

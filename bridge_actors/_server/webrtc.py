@@ -199,9 +199,7 @@ class _Signalling:
             raise BadInput(
                 "type", "this socket has a peer already; open a new socket to renegotiate"
             )
-        peer, answer = await self.nursery.start(self._run_peer, sdp)
-        self.peer = peer
-        self.connection_id = uuid.uuid4().hex
+        answer = await self.nursery.start(self._run_peer, sdp)
         return {
             "type": "answer",
             "sdp": answer,
@@ -216,7 +214,8 @@ class _Signalling:
                 self.guard(feed.lifeline)
                 async with viewers.peer(feed.request_keyframe) as peer:
                     answer = await peer.answer(sdp)
-                    task_status.started((peer, answer))
+                    self.peer, self.connection_id = peer, uuid.uuid4().hex
+                    task_status.started(answer)
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_pump, feed, peer)
                         state = await self._watch(peer)
