@@ -4,8 +4,9 @@ Scenarios: fanout, churn, flood, slow, control, soak, ceiling, memory, http
 (REST throughput and latency on keep-alive, ``Connection: close`` and proxied
 connections, idle connections, and the server's descriptors after each),
 rounds (rounds of video viewers that never read; the server's RSS after each),
-webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU per peer),
-and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
+h264 (the H.264 stream beside the JPEG one: bytes, PSNR, encoder and server CPU,
+join time), webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU
+per peer), and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
 running server instead, and only at a loopback one unless ``--allow-remote``.
@@ -28,14 +29,14 @@ from typing import Any
 import psutil
 import trio
 
-from . import _rest, _scenarios, _stress, _webrtc
+from . import _h264, _rest, _scenarios, _stress, _webrtc
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
 from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "webrtc", "standard",
+    "h264", "webrtc", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
@@ -165,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-timeout", type=_positive(float), default=2.0, help="http: seconds per request"
     )
     load.add_argument(
+        "--h264-viewers", type=_counts, default=[10, 100], help="h264: viewer counts (10,100)"
+    )
+    load.add_argument("--joins", type=_positive(int), default=40, help="h264: joins per policy")
+    load.add_argument(
+        "--clip-frames", type=_positive(int), default=90, help="h264: frames of each clip"
+    )
+    load.add_argument(
         "--peers", type=_counts, help="webrtc: peer counts, in order (default 1,5,10,20,35,50)"
     )
     load.add_argument("--rounds", type=_positive(int), default=5, help="rounds: rounds")
@@ -258,6 +266,12 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
             partial(_rest.http, ctx, requests=args.requests, connections=args.http_connections,
                     idle=args.idle, keep_alive=args.keep_alive_timeout,
                     request_limit=args.request_timeout),
+        ),
+        "h264": (
+            budget(args.clip_frames * 0.3 + len(args.h264_viewers) * 2 * (d + 5)
+                   + 4 * (args.joins * 0.6 + 15)),
+            partial(_h264.h264, ctx, counts=args.h264_viewers, duration=d, joins=args.joins,
+                    clip_frames=args.clip_frames),
         ),
         "rounds": (
             budget((args.rounds + 1) * (args.round_viewers / 50 + args.deadline + 15 + 40)),

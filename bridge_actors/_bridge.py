@@ -34,7 +34,13 @@ from ._services.sessions import (
 )
 from ._services.warden import MemorySample, MemoryWarden, WardenStatistics, WardenTargets
 from ._settings import Settings
-from ._video.encoder import EncoderConfig, EncoderFactory, EncoderPool, H264Feed
+from ._video.encoder import (
+    EncoderConfig,
+    EncoderFactory,
+    EncoderPool,
+    EncoderStatistics,
+    H264Feed,
+)
 
 log = logging.getLogger("bridge_actors")
 
@@ -89,6 +95,7 @@ class BridgeStatistics:
     sessions: RegistryStatistics
     store: StoreStatistics
     kpis: Kpis
+    h264: tuple[EncoderStatistics, ...] = ()
 
 
 class Bridge:
@@ -360,6 +367,7 @@ class Bridge:
                 rss_growth_window_s=warden.rss_growth.window_s,
                 rss_growth_min_window_s=warden.rss_growth.min_window_s,
             ),
+            h264=tuple(s.statistics() for s in self.encoders.services()),
         )
 
 

@@ -169,6 +169,7 @@ SCENARIOS = {
     "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
              "--keep-alive-timeout", "1", "--no-plots"],
     "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
+    "webrtc": ["--peers", "1,2", "--duration", "1", "--no-plots"],
 }  # fmt: skip
 
 
@@ -326,3 +327,13 @@ def test_rounds_records_the_rss_after_each_round(runs):
     names = {t["name"] for t in _kind(runs["rounds"], "target")}
     assert "round 2: server RSS after it vs after round 1" in names
     assert "round 2: server RSS after it vs after the round before" in names
+
+
+def test_webrtc_counts_every_peers_frames_against_the_capture(runs):
+    steps = {r["run"]: r for r in _kind(runs["webrtc"], "figures")}
+    assert {"1 peers", "largest"} <= set(steps)
+    first = steps["1 peers"]
+    assert first["peers"] == 1 and first["capture_frames"] > 0
+    assert 0 < first["worst_share"] <= first["best_share"]
+    assert first["server_cpu_percent"] > 0 and first["clients_cpu_percent"] > 0
+

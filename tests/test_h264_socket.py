@@ -46,7 +46,11 @@ async def test_jpeg_viewers_keep_working_beside_an_h264_one(server):
             for _ in range(5):
                 assert parse_binary_header(await h264.get_message())["codec"] == CODEC_H264
                 assert parse_binary_header(await jpeg.get_message())["payload"][:2] == b"\xff\xd8"
+        stats = await server.stats()
     assert len(server.bridge.encoders.services()) == 1
+    [encoder] = stats["h264"].values()
+    assert encoder["feeds"] == 1 and encoder["frames_encoded"] >= 5
+    assert encoder["codec"].startswith("avc1.42") and encoder["keyframes"] >= 1
 
 
 async def test_bad_codec_options_are_named(server):

@@ -179,6 +179,7 @@ def stats_document(snapshot: BridgeStatistics, server: Mapping[str, Any]) -> dic
         "allocator": plain(snapshot.allocator),
         "supervisor": {c.udid: plain(c.supervisor) for c in snapshot.captures},
         "captures": {c.udid: _capture(c) for c in snapshot.captures},
+        "h264": {e.udid: plain(e) for e in snapshot.h264},
         "pool": plain(snapshot.pool),
         "sessions": plain(snapshot.sessions),
         "store": plain(snapshot.store),

@@ -1,13 +1,14 @@
 """One H.264 encoder per device, shared by every H.264 viewer of it.
 
-An :class:`EncoderService` is started by its device's first H.264 feed. It
-watches the device's capture like any viewer, through a one-frame slot, so it
-always encodes the newest frame and never holds the capture back: when the
-encoder is slower than the capture, frames are skipped before encoding, not
-queued. Encoding runs in a worker thread under a CapacityLimiter shared by all
+An :class:`EncoderService` is started by its device's first H.264 feed. While
+it has feeds it watches the device's capture like any viewer, through a
+one-frame slot, so it always encodes the newest frame and never holds the
+capture back: when the encoder is slower than the capture, frames are skipped
+before encoding, not queued. Encoding runs in a worker thread under a CapacityLimiter shared by all
 encoders, so the event loop never waits on the codec and the machine is not
-oversubscribed. When the last feed leaves the service stops encoding at once
-and lives ``idle_timeout`` longer, then cancels itself.
+oversubscribed. When the last feed leaves the service stops watching the
+capture at once (so the capture may go idle) and lives ``idle_timeout``
+longer, then cancels itself.
 
 Every packet is handed to every feed's :class:`FeedSlot` without waiting. A
 feed that falls ``backlog`` packets behind drops what it has and resumes at
@@ -57,6 +58,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderPool",
     "EncoderService",
+    "EncoderStatistics",
     "FeedSlot",
     "FrameEncoder",
     "H264Feed",
@@ -429,22 +431,25 @@ class EncoderService:
 
     async def _encode_frames(self) -> None:
         while True:
+            # Watching the capture only while someone watches us: an idle encoder must
+            # not keep its capture from going idle too.
+            while not self._feeds:
+                await self._feeds_changed.wait()
             try:
                 async with self._frames() as viewer:
                     async for frame in viewer:
+                        if not self._feeds:
+                            break
                         await self._encode(frame)
             except ViewerEvicted as evicted:
                 # The codec was slower than the deadline for a while; start again from
                 # the capture's newest frame rather than give up on every feed.
                 log.warning("H.264 encoder of %s fell behind its capture: %s", self.udid, evicted)
-                self.gate.restart()
-
-    async def _encode(self, frame: Frame) -> None:
-        if not self._feeds:
-            # Nobody to send to: skip the work, and start the next one at an IDR.
+            # Whoever comes next starts at a fresh IDR.
             self.gate.restart()
             self._gop = []
-            return
+
+    async def _encode(self, frame: Frame) -> None:
         size = (frame.pixel_width, frame.pixel_height)
         if self._encoder is None or size != self._size:
             if self._encoder is not None:

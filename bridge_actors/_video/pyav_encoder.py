@@ -87,7 +87,18 @@ class PyAVH264Encoder:
         """
         packets = []
         for picture in self._decoder.decode(av.Packet(jpeg)):
-            frame = picture.reformat(width=self.width, height=self.height, format="yuv420p")
+            # A JPEG is full range (yuvj420p); H.264 decoders assume limited range unless
+            # told otherwise, so convert, or every viewer sees washed-out colours.
+            if (picture.width, picture.height) == (self.width, self.height):
+                frame = picture.reformat(
+                    format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG"
+                )
+            else:
+                # Cropped, not scaled: scaling a screen by one pixel blurs every edge.
+                rgb = picture.to_ndarray(format="rgb24")[: self.height, : self.width]
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                    format="yuv420p", dst_color_range="MPEG"
+                )
             frame.pts = pts
             frame.time_base = TIME_BASE
             frame.pict_type = (
