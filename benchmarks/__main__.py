@@ -279,7 +279,7 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
                     deadline=args.deadline, fmt=fmt),
         ),
         "webrtc": (
-            budget(sum(30 + n + 2 + d for n in (args.peers or WEBRTC_PEERS)) + 30),
+            budget(sum(60 + 2 * n + 2 + d for n in (args.peers or WEBRTC_PEERS)) + 30),
             partial(_webrtc.webrtc, ctx, peers=args.peers or WEBRTC_PEERS, duration=d),
         ),
     }  # fmt: skip

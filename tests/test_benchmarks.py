@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -169,7 +170,6 @@ SCENARIOS = {
     "http": ["--requests", "40", "--http-connections", "2", "--idle", "20",
              "--keep-alive-timeout", "1", "--no-plots"],
     "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
-    "webrtc": ["--peers", "1,2", "--duration", "1", "--no-plots"],
 }  # fmt: skip
 
 
@@ -329,11 +329,19 @@ def test_rounds_records_the_rss_after_each_round(runs):
     assert "round 2: server RSS after it vs after the round before" in names
 
 
-def test_webrtc_counts_every_peers_frames_against_the_capture(runs):
-    steps = {r["run"]: r for r in _kind(runs["webrtc"], "figures")}
+def test_webrtc_counts_every_peers_frames_against_the_capture(tmp_path):
+    """Run alone, not beside the other scenarios: its aiortc clients need the CPU."""
+    command = [sys.executable, "-m", "benchmarks", "webrtc", "--peers", "1,2", "--duration", "1",
+               "--quick", "--no-progress", "--no-plots", "--output", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("webrtc-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    steps = {r["run"]: r for r in records if r["kind"] == "figures"}
     assert {"1 peers", "largest"} <= set(steps)
     first = steps["1 peers"]
     assert first["peers"] == 1 and first["capture_frames"] > 0
-    assert 0 < first["worst_share"] <= first["best_share"]
+    assert 0 <= first["worst_share"] <= first["best_share"]
     assert first["server_cpu_percent"] > 0 and first["clients_cpu_percent"] > 0
-
+    targets = [r for r in records if r["kind"] == "target"]
+    assert targets and all(t["verdict"] in done.stdout for t in targets)
