@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
-import psutil
 import pytest
 import trio
-from webrtc_client import Client, encode
+from webrtc_client import Census, Client, encode
 
 from bridge_actors._webrtc.loop import AsyncioThread
 from bridge_actors._webrtc.peer import PeerOptions, open_peer
@@ -31,10 +28,6 @@ class Feed:
         for packet in PACKETS:
             peer.send(packet)
             await trio.sleep(1 / 30)
-
-
-def udp_sockets() -> int:
-    return len(psutil.Process().net_connections(kind="udp"))
 
 
 async def test_a_peer_connects_and_its_frames_decode_in_order():
@@ -79,7 +72,7 @@ async def test_a_pli_from_the_browser_requests_a_keyframe_from_the_encoder():
 
 
 async def test_cancelling_the_owner_closes_the_peer_and_stopping_leaves_nothing():
-    threads, sockets = threading.active_count(), udp_sockets()
+    census = Census()
     thread, client, feed = AsyncioThread(), Client(), Feed()
     with trio.fail_after(20):
         with trio.move_on_after(0) as never:
@@ -92,8 +85,8 @@ async def test_cancelling_the_owner_closes_the_peer_and_stopping_leaves_nothing(
         assert thread.pending_tasks() == 0
         await client.close()
         await thread.stop()
-    assert udp_sockets() == sockets
-    assert threading.active_count() == threads
+    assert census.new_sockets() == set()
+    assert census.new_threads() == []
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 import numpy as np
+import psutil
 import trio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -164,3 +166,28 @@ class Client:
             with trio.CancelScope(shield=True):
                 await self.thread.run(close)
         await self.thread.stop()
+
+
+class Census:
+    """The threads and UDP sockets of this process now, to see what appears after."""
+
+    # Trio's worker threads linger idle for a while after any to_thread call: not ours.
+    POOLED = ("Trio thread", "trio.to_thread")
+
+    def __init__(self) -> None:
+        self.threads = {t.ident for t in threading.enumerate()}
+        self.sockets = udp_sockets()
+
+    def new_threads(self) -> list[str]:
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in self.threads and not t.name.startswith(self.POOLED)
+        ]
+
+    def new_sockets(self) -> set[tuple]:
+        return udp_sockets() - self.sockets
+
+
+def udp_sockets() -> set[tuple]:
+    return {tuple(c.laddr) for c in psutil.Process().net_connections(kind="udp")}
