@@ -43,6 +43,7 @@ from ._lean import _OP_BINARY, _OP_CLOSE, _OP_TEXT, _Reader
 from ._load import Context
 from ._server import ProcessMeter, ServerUnderTest
 from ._stats import quantile
+from ._targets import at_most, holds
 from ._wire import BINARY_HEADER, BINARY_HEADER_SIZE, raw_connect, split_ws_url
 
 FPS = 30
@@ -516,3 +517,34 @@ async def h264(
             )
     await ctx.results.add_table("h264", "h264: join to first decoded frame", JOIN_COLUMNS,
                                 join_rows)  # fmt: skip
+    await ctx.results.add_targets(*h264_targets(codec_rows, wire_rows, join_rows))
+
+
+def h264_targets(codec_rows: list[dict], wire_rows: list[dict], join_rows: list[dict]) -> list:
+    """The issue's numbers: H.264 at most 1/8 of JPEG's bytes at the same fps, joins within
+    300 ms p99, and the server's CPU per delivered H.264 frame not growing with viewers."""
+    targets = [
+        at_most("h264", f"{row['clip']}: H.264 bytes vs JPEG", row["ratio"], 1 / 8, digits=3)
+        for row in codec_rows
+        if row["codec"].startswith("H.264")
+    ]
+    h264_rows = sorted((r for r in wire_rows if r["codec"] == "H.264"), key=lambda r: r["viewers"])
+    for row in h264_rows:
+        count = row["viewers"]
+        jpeg = next(r for r in wire_rows if r["viewers"] == count and r["codec"] != "H.264")
+        ratio = None
+        if jpeg["kb_per_viewer_s"]:
+            ratio = row["kb_per_viewer_s"] / jpeg["kb_per_viewer_s"]
+        name = f"{count} viewers: bytes per viewer vs JPEG"
+        targets.append(at_most("h264", name, ratio, 1 / 8, digits=3))
+    per_frame = [r["server_cpu_ms_per_frame"] for r in h264_rows]
+    if len(per_frame) >= 2 and None not in per_frame:
+        shown = " -> ".join(f"{v:.3f} ms" for v in per_frame)
+        name = "server CPU per delivered H.264 frame does not grow with viewers"
+        ok = per_frame[-1] <= per_frame[0] * 1.1
+        targets.append(holds("h264", name, ok, "last <= first x 1.1", shown))
+    chosen = next((r for r in join_rows if r["policy"] == "idr_or_gop"), None)
+    if chosen is not None:
+        name = "join to first decoded frame p99 (idr_or_gop)"
+        targets.append(at_most("h264", name, chosen["first_p99_ms"], 300, " ms", digits=0))
+    return targets

@@ -171,6 +171,32 @@ SCENARIOS = {
              "--keep-alive-timeout", "1", "--no-plots"],
     "rounds": ["--rounds", "2", "--round-viewers", "3", "--deadline", "0.5", "--no-plots"],
 }  # fmt: skip
+# Run on its own after the others: its encoders would take the CPU the others' timings need.
+H264_ARGS = ["--h264-viewers", "2", "--duration", "0.5", "--joins", "2", "--clip-frames", "4",
+             "--no-plots"]  # fmt: skip
+
+
+async def _run_scenario(base: Path, found: dict[str, dict], name: str, args: list[str]) -> None:
+    out = base / name
+    command = [sys.executable, "-m", "benchmarks", name, *args, "--quick", "--no-progress",
+               "--output", str(out)]  # fmt: skip
+    done = await trio.run_process(command, cwd=ROOT, capture_stdout=True, check=False)
+    (path,) = out.glob(f"{name}-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    found[name] = {"code": done.returncode, "stdout": done.stdout.decode(),
+                   "records": records, "dir": out}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def h264_run(tmp_path_factory) -> dict:
+    found: dict[str, dict] = {}
+
+    async def run() -> None:
+        with trio.fail_after(120):
+            await _run_scenario(tmp_path_factory.mktemp("bench-h264"), found, "h264", H264_ARGS)
+
+    trio.run(run)
+    return found["h264"]
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +342,24 @@ def test_http_measures_each_part_and_the_descriptors_after_it(runs):
     names = {t["name"] for t in _kind(runs["http"], "target")}
     assert "close: server descriptors back at the baseline" in names
     assert "/health p99 with 20 idle connections open" in names
+
+
+def test_h264_compares_both_streams_in_one_run(h264_run):
+    assert h264_run["code"] == 0, h264_run["stdout"][-3000:]
+    assert not _kind(h264_run, "problem")
+    targets = _kind(h264_run, "target")
+    assert targets and all(t["verdict"] in h264_run["stdout"] for t in targets)
+    rows = _kind(h264_run, "row")
+    codecs = [r for r in rows if r["table"] == "h264: codecs on the same frames"]
+    assert {r["clip"] for r in codecs} == {"simulated device, from the server", "UI clip"}
+    h264 = [r for r in codecs if r["codec"].startswith("H.264")]
+    assert all(0 < r["ratio"] < 1 and r["psnr_vs_input_db"] > 30 for r in h264)
+    wire = [r for r in rows if r["table"] == "h264: the simulated device through the server"]
+    assert {r["codec"] for r in wire} == {"JPEG binary", "H.264"}
+    assert all(r["fps_per_viewer"] > 0 and r["errors"] == 0 for r in wire)
+    joins = [r for r in rows if r["table"] == "h264: join to first decoded frame"]
+    assert {r["policy"] for r in joins} == {"JPEG", "idr", "gop", "idr_or_gop"}
+    assert all(r["failed"] == 0 and r["first_p50_ms"] is not None for r in joins)
 
 
 def test_rounds_records_the_rss_after_each_round(runs):

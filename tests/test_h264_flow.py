@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from bridge_actors import ViewerEvicted
+from bridge_actors import CaptureFailed, ViewerEvicted
 from bridge_actors._backends.simulated import run_on_event_loop
 from bridge_actors._device import Frame
 from bridge_actors._video.encoder import (
@@ -247,3 +247,26 @@ async def test_a_feed_that_takes_nothing_is_evicted_after_the_deadline(autojump_
                 await trio.sleep(10)
         assert 2.0 < trio.current_time() - started < 3.0
         assert pool.get("device").evicted == 1
+
+
+class BrokenCodec(FakeCodec):
+    def encode(self, jpeg: bytes, pts: int, keyframe: bool) -> list[tuple[bytes, int]]:
+        if jpeg == (3).to_bytes(4, "big"):
+            raise RuntimeError("codec crashed")
+        return super().encode(jpeg, pts, keyframe)
+
+
+async def test_a_codec_failure_ends_every_feed_with_capture_failed(autojump_clock):
+    pool = EncoderPool(EncoderConfig(), BrokenCodec, trio.CapacityLimiter(1), run_on_event_loop)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        capture = FakeCapture()
+        with pytest.raises(CaptureFailed, match="codec crashed"):
+            async with pool.subscribe("device", capture.subscribe) as feed:
+                while True:
+                    await feed.receive()
+        assert pool.get("device") is None  # gone: the next feed starts a new encoder
+        async with pool.subscribe("device", capture.subscribe) as feed:
+            assert (await feed.receive()).keyframe
+            assert pool.get("device").state == "running"
+        nursery.cancel_scope.cancel()

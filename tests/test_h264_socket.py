@@ -47,7 +47,11 @@ async def test_jpeg_viewers_keep_working_beside_an_h264_one(server):
                 assert parse_binary_header(await h264.get_message())["codec"] == CODEC_H264
                 assert parse_binary_header(await jpeg.get_message())["payload"][:2] == b"\xff\xd8"
         stats = await server.stats()
+        metrics = (await server.http.get("/metrics")).text
     assert len(server.bridge.encoders.services()) == 1
+    udid = server.bridge.get_session(sid).device.udid
+    assert f'bridge_h264_feeds{{udid="{udid}"}} 1.0' in metrics
+    assert f'bridge_h264_keyframes_total{{udid="{udid}"}}' in metrics
     [encoder] = stats["h264"].values()
     assert encoder["feeds"] == 1 and encoder["frames_encoded"] >= 5
     assert encoder["codec"].startswith("avc1.42") and encoder["keyframes"] >= 1

@@ -48,6 +48,7 @@ class BridgeCollector(Collector):
         )
         yield from self._connections(stats)
         yield from self._captures(stats)
+        yield from self._h264(stats)
         yield from self._memory(stats)
         if self._extra is not None:
             extra = self._extra()
@@ -152,6 +153,40 @@ class BridgeCollector(Collector):
             key = [capture.udid, capture.backend]
             for name, family in families.items():
                 family.add_metric(key, getattr(capture, name))
+        yield from families.values()
+
+    def _h264(self, stats) -> Iterator[Metric]:
+        labels = ["udid"]
+        families = {
+            "feeds": GaugeMetricFamily(
+                "bridge_h264_feeds", "H.264 viewers of the device's encoder.", labels=labels
+            ),
+            "frames_encoded": CounterMetricFamily(
+                "bridge_h264_frames_encoded", "Frames encoded to H.264.", labels=labels
+            ),
+            "keyframes": CounterMetricFamily(
+                "bridge_h264_keyframes", "IDR frames encoded.", labels=labels
+            ),
+            "forced_keyframes": CounterMetricFamily(
+                "bridge_h264_keyframes_forced",
+                "IDR frames forced for joining viewers or keyframe requests.",
+                labels=labels,
+            ),
+            "bytes_encoded": CounterMetricFamily(
+                "bridge_h264_encoded_bytes", "Bytes of H.264 encoded.", labels=labels
+            ),
+            "encode_seconds": CounterMetricFamily(
+                "bridge_h264_encode_seconds", "Seconds spent encoding.", labels=labels
+            ),
+            "evicted": CounterMetricFamily(
+                "bridge_h264_feeds_evicted",
+                "H.264 viewers evicted for staying behind.",
+                labels=labels,
+            ),
+        }
+        for encoder in stats.h264:
+            for name, family in families.items():
+                family.add_metric([encoder.udid], getattr(encoder, name))
         yield from families.values()
 
     def _memory(self, stats) -> Iterator[Metric]:

@@ -416,7 +416,10 @@ class EncoderService:
                     if not isinstance(failure, CaptureStopped | CaptureFailed):
                         log.error("H.264 encoder of %s failed", self.udid, exc_info=failure)
                         failure = CaptureFailed(f"H.264 encoder failed: {failure!r}")
-                    self.state = "failed"
+                    if isinstance(failure, CaptureFailed):
+                        self.state = "failed"
+                    elif self.stop_reason is None:
+                        self.stop_reason = str(failure)
                     self._close_all(type(failure), str(failure))
         finally:
             if self.state != "failed":
