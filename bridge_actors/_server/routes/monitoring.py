@@ -51,6 +51,7 @@ async def stats() -> dict[str, Any]:
         "websockets": state.sockets.statistics(),
         "session_creations_refused": state.creations_refused,
         "auth": state.gate.statistics(),
+        "webrtc": await state.handlers.webrtc_viewers.statistics_document(),
     }
     return views.stats_document(state.bridge.statistics(), server)
 
