@@ -111,7 +111,7 @@ async def test_webrtc_mode_without_rtcpeerconnection_says_so_and_falls_back(
         running_server(tmp_path / "state") as server,
         open_ui(browser, server.url + "/?transport=webrtc", REMOVE_WEBRTC) as ui,
     ):
-        await ui.wait_for("s.fallbackReason !== null && s.transport === 'jpeg'")
+        await ui.wait_for("typeof s.fallbackReason === 'string' && s.transport === 'jpeg'")
         await ui.wait_for("s.framesDrawn >= 2 && s.codec === 'jpeg'")
         state = await ui.state()
         assert "RTCPeerConnection is missing" in state["fallbackReason"]
