@@ -50,6 +50,14 @@ class DeviceInfo:
     def to_record(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    def point_size_for(self, pixel_width: int, pixel_height: int) -> tuple[int, int]:
+        """The screen's size in points for a frame of this many pixels: turned when the
+        frame is turned against the device (a rotated simulator streams landscape)."""
+        turned = (pixel_width > pixel_height) != (self.pixel_width > self.pixel_height)
+        if turned and pixel_width != pixel_height:
+            return self.point_height, self.point_width
+        return self.point_width, self.point_height
+
     @classmethod
     def from_record(cls, record: Any, field: str = "device") -> DeviceInfo:
         """The device a stored record describes, every value checked.

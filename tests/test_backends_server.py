@@ -96,7 +96,10 @@ async def test_an_ios_session_through_every_route(tmp_path, ios_tools):
         # and then stays silent, so each server's capture is watched by one viewer here.)
         frame = await first_frame(server, session_id)
         assert base64.b64decode(frame["data"]) in ios_tools.frames
-        assert (frame["point_width"], frame["point_height"]) == (393, 852)
+        turned = frame["pixel_width"] > frame["pixel_height"]  # the fake's frames turn
+        assert (frame["point_width"], frame["point_height"]) == (
+            (852, 393) if turned else (393, 852)
+        )
 
         async with open_ws(server.ws_url(session_id, "control")) as control:
             await control.send_message(json.dumps({"t": "tap", "x": 100, "y": 200, "id": 1}))
@@ -149,7 +152,10 @@ async def test_ios_sessions_are_restored_after_a_restart(tmp_path, ios_tools):
         assert (await server.stats())["sessions"]["restored"] == 1
         binary = await first_frame(server, session_id, "format=binary")
         assert binary["jpeg"] in ios_tools.frames
-        assert (binary["point_width"], binary["point_height"]) == (393, 852)
+        turned = binary["pixel_width"] > binary["pixel_height"]
+        assert (binary["point_width"], binary["point_height"]) == (
+            (852, 393) if turned else (393, 852)
+        )
         deleted = await server.http.delete(f"/api/sessions/{session_id}")
         assert deleted.status_code == 200, deleted.text
         assert udid not in ios_tools.simulators()

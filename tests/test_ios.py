@@ -349,10 +349,12 @@ async def test_capture_publishes_the_mjpeg_stream_frame_by_frame(tools):
     with trio.fail_after(10):
         await capture_until(backend, device, sink, 3, fps=30)
     assert [jpeg for _, jpeg, _ in sink.frames] == tools.frames
+    upright = (device.point_width, device.point_height)
+    turned = upright[::-1]  # the fake's first two frames are landscape: points turn with them
     assert [info for _, _, info in sink.frames] == [
-        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
-        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4},
-        {"pixel_width": 30, "pixel_height": 40, "input_seq": 4},
+        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4, "point_size": turned},
+        {"pixel_width": 40, "pixel_height": 30, "input_seq": 4, "point_size": turned},
+        {"pixel_width": 30, "pixel_height": 40, "input_seq": 4, "point_size": upright},
     ]
     [stream] = tools.calls("idb")
     assert stream == ["video-stream", "--udid", device.udid, "--format", "mjpeg", "--fps", "20"]
@@ -389,7 +391,13 @@ async def test_capture_falls_back_to_screenshots(tools, why):
     with trio.fail_after(10):
         await capture_until(backend, device, sink, 3)
     assert [jpeg for _, jpeg, _ in sink.frames] == [tools.shot] * 3
-    assert sink.frames[0][2] == {"pixel_width": 50, "pixel_height": 20, "input_seq": 9}
+    turned = (device.point_height, device.point_width)
+    assert sink.frames[0][2] == {
+        "pixel_width": 50,
+        "pixel_height": 20,
+        "input_seq": 9,
+        "point_size": turned,
+    }
     assert backend.statistics().stream_fallbacks == 1
     shots = [call for call in tools.calls("xcrun") if call[1] == "io"]
     assert shots[0][:5] == ["simctl", "io", device.udid, "screenshot", "--type=jpeg"]

@@ -473,9 +473,9 @@ class IosBackend(IosActions):
         meter.captures += 1
         try:
             await sink.wait_for_viewers()
-            if not await self._stream_mjpeg(device.udid, sink, fps, meter):
+            if not await self._stream_mjpeg(device, sink, fps, meter):
                 self._stream_fallbacks += 1
-                await self._poll_screenshots(device.udid, sink, fps, meter)
+                await self._poll_screenshots(device, sink, fps, meter)
         except DeviceError as exc:
             meter.last_error = str(exc)
             raise
@@ -485,8 +485,11 @@ class IosBackend(IosActions):
         finally:
             meter.captures -= 1
 
-    async def _stream_mjpeg(self, udid: str, sink: FrameSink, fps: int, meter: SourceMeter) -> bool:
+    async def _stream_mjpeg(
+        self, device: DeviceInfo, sink: FrameSink, fps: int, meter: SourceMeter
+    ) -> bool:
         """Publish idb's MJPEG frames until idb stops; False if it never sent one."""
+        udid = device.udid
         argv = [self._idb, "video-stream", "--udid", udid, "--format", "mjpeg", "--fps", str(fps)]
         meter.mode = "mjpeg"
         parser = MjpegParser()
@@ -508,6 +511,7 @@ class IosBackend(IosActions):
                             pixel_width=frame.width,
                             pixel_height=frame.height,
                             input_seq=sink.applied_input_seq,
+                            point_size=device.point_size_for(frame.width, frame.height),
                         )
                         meter.frame(trio.current_time())
                         published += 1
@@ -533,8 +537,9 @@ class IosBackend(IosActions):
         )
 
     async def _poll_screenshots(
-        self, udid: str, sink: FrameSink, fps: int, meter: SourceMeter
+        self, device: DeviceInfo, sink: FrameSink, fps: int, meter: SourceMeter
     ) -> None:
+        udid = device.udid
         meter.mode = "screenshots"
         period = 1 / fps
         async with _temporary_directory() as directory:
@@ -548,6 +553,7 @@ class IosBackend(IosActions):
                     pixel_width=width,
                     pixel_height=height,
                     input_seq=sink.applied_input_seq,
+                    point_size=device.point_size_for(width, height),
                 )
                 meter.frame(trio.current_time())
                 await trio.sleep_until(started + period)
