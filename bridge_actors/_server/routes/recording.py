@@ -6,12 +6,13 @@ stop, ``is_recording`` in the status (ours adds the state, why it stopped, what
 was written and the caps), and ``{"success": true, "message": …}`` from
 ``cleanup-recordings``. Refusals are ``{"success": false, "detail": …}``: 409 for
 a second start, 400 for a stop with nothing recorded, 503 when no H.264 feed
-can start. The file is removed once its bytes are read for the download.
+can start. The file is removed as its download begins and streamed from the open file.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -27,6 +28,8 @@ from ..state import current_state
 __all__ = ["recording"]
 
 recording = Blueprint("recording", __name__)
+
+CHUNK_BYTES = 1 << 20
 
 
 @recording.errorhandler(RecordingInProgress)
@@ -69,14 +72,29 @@ async def stop_recording(session_id: str) -> Response:
     if finished.state != "finished":
         bridge.recordings.discard(session_id)
         raise NoRecording(f"No recording to download: {finished.stop_reason}")
-    data = await trio.to_thread.run_sync(finished.path.read_bytes)
+    size = (await trio.Path(finished.path).stat()).st_size
+    handle = await trio.open_file(finished.path, "rb")
+    # Removed now: the open handle keeps the bytes until they are sent, and nothing is
+    # left behind if the client goes away halfway.
     bridge.recordings.discard(session_id)
     filename = f"ios-recording_{session_id[:8]}_{int(time.time())}.mp4"
     return Response(
-        data,
+        _streamed(handle),
         content_type="video/mp4",
-        headers={"Content-Disposition": f"attachment; filename={filename}"},
+        headers={
+            "Content-Disposition": f"attachment; filename={filename}",
+            "Content-Length": str(size),
+        },
     )
+
+
+async def _streamed(handle: Any) -> AsyncIterator[bytes]:
+    """The file in chunks, never whole in memory (a recording may be a gigabyte)."""
+    try:
+        while chunk := await handle.read(CHUNK_BYTES):
+            yield chunk
+    finally:
+        await handle.aclose()
 
 
 @recording.get("/api/sessions/<session_id>/recording/status")
