@@ -21,7 +21,7 @@ from fakes import make_jpeg
 from test_backends_server import create, ios_tools, serving  # noqa: F401  (ios_tools: a fixture)
 from test_media import make_clip
 
-from bridge_actors._errors import CaptureStopped
+from bridge_actors._errors import CaptureFailed, CaptureStopped
 from bridge_actors._video.encoder import EncodedPacket
 from bridge_actors._video.h264 import TIME_BASE
 from bridge_actors._video.recorder import (
@@ -326,6 +326,23 @@ async def test_double_start_is_refused_and_a_stop_waits_for_the_first_frame(auto
         nursery.cancel_scope.cancel()
 
 
+async def test_a_feed_that_cannot_start_refuses_the_start_and_keeps_nothing(autojump_clock):
+    class NoFeed:
+        async def __aenter__(self):
+            raise CaptureFailed("H.264 is not available: this bridge was given no video encoder")
+
+        async def __aexit__(self, *exc):
+            return False
+
+    async with trio.open_nursery() as nursery:
+        pool, writers = await open_pool(nursery)
+        with pytest.raises(CaptureFailed, match=r"H\.264 is not available"):
+            await pool.start("s" * 8, NoFeed)
+        assert pool.get("s" * 8) is None and not writers[0].packets
+        assert list(pool.directory.iterdir()) == []
+        nursery.cancel_scope.cancel()
+
+
 def test_the_mp4_writer_times_frames_by_their_capture(tmp_path):
     from bridge_actors._video.mp4 import Mp4Writer
     from bridge_actors._video.pyav_encoder import PyAVH264Encoder
@@ -342,3 +359,48 @@ def test_the_mp4_writer_times_frames_by_their_capture(tmp_path):
     frames, duration, decoded, size = probe((tmp_path / "out.mp4").read_bytes())
     assert (frames, decoded, size) == (len(times), len(times), (64, 48))
     assert duration == pytest.approx(1.1, abs=0.01)  # the last frame lasts as the one before
+
+
+class EncodedFeed(TickingFeed):
+    """Real H.264 packets of 64x48 frames, one every ``interval`` seconds of (mock) time."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(interval, 0)
+        from bridge_actors._video.pyav_encoder import PyAVH264Encoder
+
+        self.encoder = PyAVH264Encoder(64, 48, fps=10)
+
+    async def receive(self) -> EncodedPacket:
+        await trio.sleep(self.interval)
+        self.sent += 1
+        now = trio.current_time()
+        pts = round(now * 90000)
+        [(data, _)] = self.encoder.encode(make_jpeg(64, 48, self.sent), pts, self.sent == 1)
+        return EncodedPacket(data, self.sent == 1, pts, TIME_BASE, self.sent, now)
+
+
+async def test_at_shutdown_the_file_is_finished_playable_before_it_is_removed(
+    autojump_clock, tmp_path
+):
+    from bridge_actors._video.mp4 import Mp4Writer
+
+    kept = tmp_path / "as-finished.mp4"
+
+    class KeepingWriter(Mp4Writer):
+        def finish(self) -> None:
+            super().finish()
+            kept.write_bytes(self.path.read_bytes())
+
+    pool = RecordingPool(
+        RecordingCaps(3600.0, 10**9), KeepingWriter, trio.CapacityLimiter(1), _inline
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        recording = await pool.start("s" * 8, EncodedFeed(0.1))
+        await trio.sleep(1.05)
+        nursery.cancel_scope.cancel()  # what shutting the bridge down does
+    assert (recording.state, recording.stop_reason) == ("finished", "shutting down")
+    assert not pool.directory.exists()
+    frames, duration, decoded, size = probe(kept.read_bytes())
+    assert (frames, decoded, size) == (10, 10, (64, 48))
+    assert duration == pytest.approx(1.0, abs=0.01)

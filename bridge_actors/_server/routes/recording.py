@@ -69,6 +69,8 @@ async def stop_recording(session_id: str) -> Response:
         bytes=finished.bytes,
         reason=finished.stop_reason,
     )
+    if bridge.recordings.get(session_id) is not finished:
+        raise NoRecording("No recording in progress")  # a concurrent stop took it
     if finished.state != "finished":
         bridge.recordings.discard(session_id)
         raise NoRecording(f"No recording to download: {finished.stop_reason}")
