@@ -50,7 +50,14 @@ from ._video.encoder import (
     EncoderStatistics,
     H264Feed,
 )
-from ._video.recorder import Recording, RecordingCaps, RecordingPool, WriterFactory
+from ._video.recorder import (
+    Recording,
+    RecordingCaps,
+    RecordingPool,
+    RecordingPoolStatistics,
+    RecordingStatistics,
+    WriterFactory,
+)
 
 log = logging.getLogger("bridge_actors")
 
@@ -109,6 +116,8 @@ class BridgeStatistics:
     kpis: Kpis
     actions: ActionStatistics
     h264: tuple[EncoderStatistics, ...] = ()
+    recordings: RecordingPoolStatistics | None = None
+    per_recording: tuple[RecordingStatistics, ...] = ()
 
 
 class Bridge:
@@ -456,6 +465,8 @@ class Bridge:
             ),
             actions=self.actions.statistics(),
             h264=tuple(s.statistics() for s in self.encoders.services()),
+            recordings=self.recordings.statistics(),
+            per_recording=tuple(r.statistics() for r in self.recordings.recordings()),
         )
 
 

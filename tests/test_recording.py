@@ -99,6 +99,8 @@ async def test_a_simulated_session_records_while_viewers_come_and_go(tmp_path):
         status = await wait_for_frames(server, sid, before + 5)  # the viewer has gone
         assert status["is_recording"] is True and status["state"] == "recording"
         assert status["elapsed_seconds"] > 0
+        stats = (await server.stats())["recordings"]
+        assert (stats["active"], stats["sessions"][sid]["state"]) == (1, "recording")
         # One capture and one encoder for the device, whoever watches.
         assert len(server.bridge.pool.services()) == 1
         assert len(server.bridge.encoders.services()) == 1

@@ -40,6 +40,7 @@ __all__ = [
     "RecordingCaps",
     "RecordingInProgress",
     "RecordingPool",
+    "RecordingPoolStatistics",
     "RecordingStatistics",
 ]
 
