@@ -21,9 +21,21 @@
     lastError: null,
     downloads: 0, // MP4 files handed to the browser
     lastDownload: null, // {name, bytes}
+    checked: false, // the open session's status was read once
   };
 
   const $ = (id) => document.getElementById(id);
+
+  /**
+   * Whether this page may record: yes without a token (auth.js then sends none), with
+   * one only once whoami named a role above spectator. Null while that is unknown.
+   */
+  function mayControl() {
+    const auth = window.bridgeAuth;
+    if (!auth || !auth.token) return true;
+    if (!auth.role) return null;
+    return auth.role !== "spectator";
+  }
   const base = () => `/api/sessions/${encodeURIComponent(state.sessionId)}/recording`;
 
   function formatElapsed(seconds) {
@@ -128,10 +140,15 @@
     state.elapsed = 0;
     state.stopReason = null;
     state.lastError = null;
-    const panel = $("recording-panel");
-    if (panel) panel.hidden = !sessionId;
+    state.checked = false;
+    showPanel();
     render();
-    refresh();
+  }
+
+  // A spectator is not offered recording (the routes need control): no button, no status.
+  function showPanel() {
+    const panel = $("recording-panel");
+    if (panel) panel.hidden = !state.sessionId || mayControl() !== true;
   }
 
   function wire() {
@@ -143,7 +160,12 @@
     setInterval(() => {
       const current = window.bridgeViewer ? window.bridgeViewer.state.sessionId : null;
       if (current !== state.sessionId) sessionChanged(current);
-      else if (state.recording) refresh();
+      if (!state.sessionId || mayControl() !== true) return;
+      showPanel();
+      if (!state.checked || state.recording) {
+        state.checked = true;
+        refresh(); // a recording started elsewhere, or stopped by a cap, shows as it is
+      }
     }, POLL_MS);
   }
 
