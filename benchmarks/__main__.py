@@ -6,7 +6,8 @@ connections, idle connections, and the server's descriptors after each),
 rounds (rounds of video viewers that never read; the server's RSS after each),
 auth (connect-to-first-frame and REST latency with auth none against token),
 h264 (the H.264 stream beside the JPEG one: bytes, PSNR, encoder and server CPU,
-join time), record (N viewers with and without a recording of their device: their frame
+join time), webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU
+per peer), record (N viewers with and without a recording of their device: their frame
 share and p99, the recorder's CPU per second of video), and ``standard`` (the set whose
 results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
@@ -31,17 +32,18 @@ from typing import Any
 import psutil
 import trio
 
-from . import _auth, _h264, _record, _rest, _scenarios, _stress
+from . import _auth, _h264, _record, _rest, _scenarios, _stress, _webrtc
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
 from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "auth", "h264", "record", "standard",
+    "auth", "h264", "webrtc", "record", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
+WEBRTC_PEERS = [1, 5, 10, 20, 35, 50]
 
 
 def _counts(text: str) -> list[int]:
@@ -96,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a setting for the server the harness starts (field name, e.g. fps=15)",
     )
-    common.add_argument("--format", choices=("json", "binary"), default="json")
+    common.add_argument(
+        "--format",
+        choices=("json", "binary", "h264"),
+        default="json",
+        help="video stream: JSON, binary JPEG, or binary H.264 (fanout only)",
+    )
     common.add_argument(
         "--client",
         choices=("lean", "trio-websocket"),
@@ -175,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--joins", type=_positive(int), default=40, help="h264: joins per policy")
     load.add_argument(
         "--clip-frames", type=_positive(int), default=90, help="h264: frames of each clip"
+    )
+    load.add_argument(
+        "--peers", type=_counts, help="webrtc: peer counts, in order (default 1,5,10,20,35,50)"
     )
     load.add_argument("--rounds", type=_positive(int), default=5, help="rounds: rounds")
     load.add_argument(
@@ -289,6 +299,10 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
         "auth": (
             budget(args.connects * 0.2 + 30),
             partial(_auth.auth, ctx, connects=args.connects),
+        ),
+        "webrtc": (
+            budget(sum(60 + 2 * n + 2 + d for n in (args.peers or WEBRTC_PEERS)) + 30),
+            partial(_webrtc.webrtc, ctx, peers=args.peers or WEBRTC_PEERS, duration=d),
         ),
     }  # fmt: skip
     if args.scenario != "standard":

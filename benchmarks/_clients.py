@@ -85,7 +85,7 @@ async def _progress(interval: float, report) -> None:
 
 async def viewers(job: dict[str, Any], commands: trio.MemoryReceiveChannel) -> None:
     """Connect every viewer (a few at a time), report ready, measure when told, stop when told."""
-    binary = job.get("format") == "binary"
+    binary = job.get("format") in ("binary", "h264")
     run = _viewer_runner(job)
     specs = job["viewers"]  # [{"url":..., "device":...}]
     window = Window()

@@ -32,9 +32,12 @@ MB = 1_000_000
 def viewer_urls(
     server: ServerUnderTest, count: int, fmt: str, *, devices: int = 1, fps: float | None = None
 ) -> list[tuple[str, int]]:
-    binary = fmt == "binary"
+    binary, h264 = fmt == "binary", fmt == "h264"
     return [
-        (server.video_url(server.sessions[i % devices], binary=binary, fps=fps), i % devices)
+        (
+            server.video_url(server.sessions[i % devices], binary=binary, fps=fps, h264=h264),
+            i % devices,
+        )
         for i in range(count)
     ]
 
@@ -103,7 +106,7 @@ async def fanout(
         for fmt_, ns in plan:
             for n in ns:
                 reference = None
-                if ceiling is not None:
+                if ceiling is not None and fmt_ != "h264":  # the ceiling sends JPEG only
                     reference = await ceiling_load(ctx, ceiling, n, fmt_, duration, client)
                 run = f"fanout-{n}-{fmt_}" + (f"-{devices}dev" if devices > 1 else "")
                 outcome = await viewer_load(

@@ -83,10 +83,14 @@ class ServerUnderTest:
     def ws_base(self) -> str:
         return "ws" + self.base_url.removeprefix("http")
 
-    def video_url(self, session: str, *, binary: bool = False, fps: float | None = None) -> str:
+    def video_url(
+        self, session: str, *, binary: bool = False, fps: float | None = None, h264: bool = False
+    ) -> str:
         query = []
-        if binary:
+        if binary or h264:
             query.append("format=binary")
+        if h264:
+            query.append("codec=h264")
         if fps is not None:
             query.append(f"fps={fps:g}")
         return f"{self.ws_base}/ws/{session}/video" + ("?" + "&".join(query) if query else "")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from bridge_actors.wire import BINARY_HEADER, BINARY_HEADER_SIZE, BINARY_MAGIC
+from bridge_actors.wire import BINARY_HEADER, BINARY_HEADER_SIZE, BINARY_MAGIC, CODEC_H264
 
 _TAIL = 400  # the keys after "data" fit in far fewer characters than this
 
@@ -103,7 +103,15 @@ def verify_json_frame(message: str, facts: FrameFacts) -> str | None:
 
 
 def verify_binary_frame(message: bytes) -> str | None:
-    if not message[BINARY_HEADER_SIZE:].startswith(b"\xff\xd8"):
+    """None when the payload is what the header's codec field says: a JPEG, or an H.264
+    access unit in Annex B (starting with a start code)."""
+    codec = BINARY_HEADER.unpack_from(message)[8] if len(message) >= BINARY_HEADER_SIZE else None
+    payload = message[BINARY_HEADER_SIZE:]
+    if codec == CODEC_H264:
+        if not payload.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01")):
+            return "H.264 payload after the header does not start with an Annex B start code"
+        return None
+    if not payload.startswith(b"\xff\xd8"):
         return "payload after the header is not a JPEG"
     return None
 

@@ -344,7 +344,7 @@ class Bridge:
     async def control(self, session_id: str, event: ControlEvent | Mapping[str, Any]) -> int:
         """Apply a control event (or its JSON form); returns its input_seq once applied."""
         if not isinstance(event, ControlEvent):
-            event = parse_control(event)
+            event = parse_control(event, self.settings.max_text_length)
         elif isinstance(event, Key):
             # Every backend receives a key by its canonical name, however it was given.
             event = Key(resolve_key(event.key), event.duration)

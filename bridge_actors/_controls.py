@@ -178,10 +178,11 @@ def _str_field(message: Mapping[str, Any], name: str, max_length: int) -> str:
     return value
 
 
-def parse_control(message: Any) -> ControlEvent:
+def parse_control(message: Any, max_text: int = MAX_TEXT_LENGTH) -> ControlEvent:
     """Turn one decoded control message (``{"t": "tap", ...}``) into an event.
 
-    Raises BadInput naming the offending field; never anything else.
+    ``max_text`` caps the text a ``text`` message types. Raises BadInput naming the
+    offending field; never anything else.
     """
     if not isinstance(message, Mapping):
         raise BadInput("message", "must be a JSON object")
@@ -197,7 +198,7 @@ def parse_control(message: Any) -> ControlEvent:
             _duration_field(message, "duration", 0.2),
         )
     if kind == "text":
-        text = _str_field(message, "text", MAX_TEXT_LENGTH)
+        text = _str_field(message, "text", max_text)
         if not text:
             raise BadInput("text", "must not be empty")
         return Text(text)

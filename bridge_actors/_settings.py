@@ -15,6 +15,7 @@ an embedding application or a test gets exactly the values it passed.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -307,6 +308,12 @@ class Settings(pydantic.BaseModel):
         16384, ge=1024, description="largest request line and headers of an HTTP request"
     )
     audit_log_backups: int = pydantic.Field(5, ge=1, description="rotated audit log files kept")
+    max_text_length: int = pydantic.Field(
+        1000, ge=1, le=100000, description="longest text one control message may type"
+    )
+    max_concurrent_uploads: int = pydantic.Field(
+        4, ge=1, description="uploads (apps, photos, videos, files) received at once, server-wide"
+    )
 
     # H.264 video: one encoder per device for the H.264 and WebRTC viewers.
     h264_keyframe_interval: float = pydantic.Field(
@@ -332,6 +339,30 @@ class Settings(pydantic.BaseModel):
     )
     h264_encode_threads: int = pydantic.Field(
         1, ge=1, le=64, description="worker threads running H.264 encoders, for all devices"
+    )
+
+    # WebRTC viewers: which ICE servers they use and which local addresses they offer.
+    webrtc_ice_servers: tuple[str, ...] = pydantic.Field(
+        (),
+        description="STUN/TURN server URLs for WebRTC viewers (stun:host:port, "
+        "turn:host:port?transport=udp), comma-separated; default none: host candidates only",
+    )
+    webrtc_turn_username: str = pydantic.Field(
+        "", description="username for the TURN servers of webrtc_ice_servers"
+    )
+    webrtc_turn_credential: pydantic.SecretStr = pydantic.Field(
+        pydantic.SecretStr(""), description="credential for the TURN servers of webrtc_ice_servers"
+    )
+    webrtc_host_addresses: tuple[str, ...] = pydantic.Field(
+        ("127.0.0.1",),
+        description="local IP addresses WebRTC host candidates are gathered on, "
+        "comma-separated; empty: every interface but loopback",
+    )
+    webrtc_connect_timeout: float = pydantic.Field(
+        20.0,
+        gt=0,
+        le=300,
+        description="seconds a WebRTC viewer may take from its offer to connected",
     )
 
     # Recording: a session's screen to MP4, from its device's shared H.264 encoder.
@@ -432,6 +463,32 @@ class Settings(pydantic.BaseModel):
             return tuple(item.strip() for item in value)
         return value
 
+    @pydantic.field_validator("webrtc_ice_servers", mode="before")
+    @classmethod
+    def _parse_ice_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            for url in value:
+                if not isinstance(url, str) or not url.lower().startswith(_ICE_SCHEMES):
+                    raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+            return tuple(value)
+        return value
+
+    @pydantic.field_validator("webrtc_host_addresses", mode="before")
+    @classmethod
+    def _parse_host_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            for address in value:
+                try:
+                    ipaddress.ip_address(address)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{address!r} is not an IP address") from None
+            return tuple(value)
+        return value
+
     @pydantic.field_validator("media_sources", mode="before")
     @classmethod
     def _parse_media_sources(cls, value: Any) -> Any:
@@ -483,6 +540,7 @@ def mask_password(source: str) -> str:
 # Names: how each field is spelled in the environment, in config files and on the command line.
 
 _SEED_FIELDS = frozenset(_DEFAULT_SEEDS)
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 _ENV_NAME_EXCEPTIONS = {"backends": "BRIDGE_BACKEND", "media_sources": "BRIDGE_MEDIA"}
 CONFIG_ENV_NAME = "BRIDGE_CONFIG"
 

@@ -8,6 +8,7 @@ shuts the server down the way an embedding application would (cancellation).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -94,6 +95,13 @@ def tools(tmp_path, temp_root):
     assert all(gone(pid) for pid in fake.pids()), "a fake tool is still running"
     assert helpers_gone(fake), "a helper of a fake tool is still running"
     assert list(temp_root.iterdir()) == [], "a temporary file survived"
+
+
+@pytest.fixture
+def ios_tools(tools: FakeTools, monkeypatch) -> FakeTools:
+    """The fake tools, first on PATH, so the ios backend runs them."""
+    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return tools
 
 
 @pytest.fixture

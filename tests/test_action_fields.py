@@ -184,7 +184,7 @@ async def test_an_upload_the_client_breaks_off_leaves_no_file(tmp_path, temp_roo
         sid = server.session_id
         boundary = "xyz"
         head = (
-            f"POST /api/sessions/{sid}/media/photos/add HTTP/1.1\r\nHost: x\r\n"
+            f"POST /api/sessions/{sid}/media/photos/add HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
             "Content-Length: 10000000\r\n\r\n"
             f"--{boundary}\r\n"
@@ -271,7 +271,7 @@ def test_multipart_parts_arrive_whole_however_the_body_is_cut(
         assert "/" not in uploaded.path.name and uploaded.path.parent == upload.directory
 
 
-async def test_malformed_uploads_answer_400_not_500(tmp_path, ios_tools_on_path):
+async def test_malformed_uploads_answer_400_not_500(tmp_path, ios_tools):
     async with running_server(tmp_path / "state", backends=("ios",), initial_session=False) as s:
         created = await s.http.post(
             "/api/sessions/create", data={"device_type": "iPhone 15", "ios_version": "17.2"}
@@ -286,9 +286,3 @@ async def test_malformed_uploads_answer_400_not_500(tmp_path, ios_tools_on_path)
             response = await s.http.post(url, content=body, headers={"Content-Type": content_type})
             assert response.status_code == 400, (content_type, body, response.text)
             assert response.json()["success"] is False
-
-
-@pytest.fixture
-def ios_tools_on_path(tools, monkeypatch):
-    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return tools

@@ -652,3 +652,26 @@ async def test_a_request_line_or_headers_over_the_limit_are_refused(tmp_path):
         assert stats["server"]["auth"]["refused_by_status"]["431"] == 2
         metrics = (await server.http.get("/metrics")).text
         assert 'bridge_auth_refused_total{status="431"} 2.0' in metrics
+
+
+async def test_a_token_granted_some_sessions_lists_only_those(tmp_path):
+    async with token_server(tmp_path) as (server, tokens):
+        own = server.session_id
+        admin = {"Authorization": f"Bearer {tokens['admin']}"}
+        created = await server.http.post(
+            "/api/sessions/create",
+            data={"device_type": "iPhone 15 (simulated)", "ios_version": "18.0"},
+            headers=admin,
+        )
+        assert created.status_code == 200, created.text
+        other = created.json()["session_id"]
+        granted = {"Authorization": f"Bearer {tokens['granted']}"}
+
+        async def listed(path: str, headers: dict) -> set[str]:
+            body = (await server.http.get(path, headers=headers)).json()
+            return {item["session_id"] for item in body["sessions"]}
+
+        assert await listed("/api/sessions/", granted) == {own}
+        assert await listed("/status", granted) == {own}
+        assert await listed("/api/sessions/", admin) == {own, other}
+        assert await listed("/status", admin) == {own, other}

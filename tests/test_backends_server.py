@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
-import pytest
 import trio
 from conftest import next_json, next_of_type, open_ws, running_server
-from fakes import FakeTools
 from test_media import frame_index, make_clip
 from test_server_http import LIST_ITEM_KEYS, SESSION_INFO_KEYS
 
@@ -25,13 +22,6 @@ from bridge_actors import parse_binary_header
 IPHONE = "iPhone 15"
 IOS = "17.2"
 SIMULATED = "iPhone 15 (simulated)"
-
-
-@pytest.fixture
-def ios_tools(tools: FakeTools, monkeypatch) -> FakeTools:
-    """The fake tools first on PATH, where the ios backend looks for ``xcrun`` and ``idb``."""
-    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return tools
 
 
 def serving(state_dir, *backends: str, **settings):

@@ -388,6 +388,24 @@ def test_auth_compares_admission_with_and_without_tokens(tmp_path):
     assert target["verdict"] in ("PASS", "FAIL") and target["verdict"] in done.stdout.decode()
 
 
+def test_webrtc_counts_every_peers_frames_against_the_capture(tmp_path):
+    """Run alone, not beside the other scenarios: its aiortc clients need the CPU."""
+    command = [sys.executable, "-m", "benchmarks", "webrtc", "--peers", "1,2", "--duration", "1",
+               "--quick", "--no-progress", "--no-plots", "--output", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("webrtc-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    steps = {r["run"]: r for r in records if r["kind"] == "figures"}
+    assert {"1 peers", "largest"} <= set(steps)
+    first = steps["1 peers"]
+    assert first["peers"] == 1 and first["capture_frames"] > 0
+    assert 0 <= first["worst_share"] <= first["best_share"]
+    assert first["server_cpu_percent"] > 0 and first["clients_cpu_percent"] > 0
+    targets = [r for r in records if r["kind"] == "target"]
+    assert targets and all(t["verdict"] in done.stdout for t in targets)
+
+
 @pytest.fixture(scope="module")
 def record_run(tmp_path_factory) -> dict:
     found: dict[str, dict] = {}

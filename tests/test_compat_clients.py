@@ -9,7 +9,7 @@ field the client reads is there with the type it needs:
   ``stream`` command, which hands the session info to the desktop viewer;
 * the desktop viewer: a video and a control socket, its control messages
   (camelCase swipe corners, keys as HID usage codes), its screenshot and recording
-  buttons (cross-origin fetches from a local page), and its WebRTC mode;
+  buttons (cross-origin fetches from a local page), and its WebRTC signalling;
 * the web pages: the session list, the screenshot-mode socket, the log viewer and
   a screenshot download named ``*.png``.
 """
@@ -367,19 +367,22 @@ async def test_the_viewers_record_buttons_record_and_download(desktop_viewer_ser
     assert unknown.status_code == 404
 
 
-async def test_the_viewers_webrtc_mode_is_told_to_use_video(server):
+async def test_the_viewers_webrtc_signalling_is_answered(server):
     sid = server.session_id
     async with open_ws(f"{ws_base(server)}/ws/{sid}/webrtc") as signalling:
+        status = await next_json(signalling)
+        assert status["type"] == "status" and status["ready_for_connection"] is True
         await signalling.send_message(
             json.dumps({"type": "start-stream", "quality": "high", "fps": 30})
         )
+        started = await next_json(signalling)
+        assert started["type"] == "stream-started" and started["quality"] == "high"
         await signalling.send_message(json.dumps({"type": "offer", "sdp": "v=0\r\n"}))
         refusal = await next_json(signalling)
-        assert refusal["type"] == "error"
-        assert isinstance(refusal["message"], str)
-        assert refusal["message"].startswith("webrtc:") and "/video" in refusal["message"]
-        code, _ = await close_of(signalling)
-        assert code == 1000
+        # The shape ios-bridge's signalling reads ("error", "code"), and ours ("message").
+        assert refusal["type"] == "error" and refusal["code"] == "OFFER_FAILED"
+        assert refusal["message"].startswith("webrtc: sdp:")
+        assert refusal["error"] == refusal["message"]
     async with open_ws(f"{ws_base(server)}/ws/nope/webrtc") as unknown:
         assert await close_of(unknown) == (4004, "Session not found")
 

@@ -57,12 +57,6 @@ def zipped_app() -> bytes:
     return zip_of({"Demo.app/Info.plist": plistlib.dumps(INFO), "Demo.app/Demo": b"\xcf\xfa"})
 
 
-@pytest.fixture
-def ios_tools(tools: FakeTools, monkeypatch) -> FakeTools:
-    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return tools
-
-
 async def ios_session(tmp_path, **settings):
     return running_server(tmp_path / "state", backends=("ios",), initial_session=False, **settings)
 

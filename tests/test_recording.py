@@ -18,7 +18,7 @@ import pytest
 import trio
 from conftest import open_ws, running_server
 from fakes import make_jpeg
-from test_backends_server import create, ios_tools, serving  # noqa: F401  (ios_tools: a fixture)
+from test_backends_server import create, serving
 from test_media import make_clip
 
 from bridge_actors._errors import CaptureFailed, CaptureStopped
@@ -129,7 +129,7 @@ async def test_a_media_session_records_its_clip(tmp_path):
         assert_playable(data, written, (64, 48))
 
 
-async def test_an_ios_session_records_the_simulator_stream(tmp_path, ios_tools):  # noqa: F811
+async def test_an_ios_session_records_the_simulator_stream(tmp_path, ios_tools):
     # Every streamed frame the same size: a rotation ends a recording (one track, one size).
     frame_count = 40
     for n in range(frame_count):
@@ -341,7 +341,7 @@ async def test_a_feed_that_cannot_start_refuses_the_start_and_keeps_nothing(auto
         with pytest.raises(CaptureFailed, match=r"H\.264 is not available"):
             await pool.start("s" * 8, NoFeed)
         assert pool.get("s" * 8) is None and not writers[0].packets
-        assert list(pool.directory.iterdir()) == []
+        assert not pool.directory.exists()
         nursery.cancel_scope.cancel()
 
 

@@ -12,7 +12,6 @@ import copy
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -260,12 +259,6 @@ async def test_a_session_of_a_backend_not_enabled_is_kept_for_later(tmp_path):
 
 
 # --- through the server, with the fake ios tools --------------------------------------------------
-
-
-@pytest.fixture
-def ios_tools(tools, monkeypatch):
-    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return tools
 
 
 async def create_ios(server) -> tuple[str, str]:

@@ -5,11 +5,9 @@ rotate, and the grid of every session's live thumbnail."""
 from __future__ import annotations
 
 import base64
-import os
 import plistlib
 from typing import Any
 
-import pytest
 from conftest import running_server
 from test_device_actions import zip_of
 from test_web_viewer import STEP_TIMEOUT_MS, BrowserThread, browser, open_ui
@@ -17,12 +15,6 @@ from test_web_viewer import STEP_TIMEOUT_MS, BrowserThread, browser, open_ui
 __all__ = ["browser"]  # the module-scoped fixture, shared with the viewer's own tests
 
 INFO = {"CFBundleIdentifier": "com.example.drop", "CFBundleName": "Drop"}
-
-
-@pytest.fixture
-def ios_tools(tools, monkeypatch):
-    monkeypatch.setenv("PATH", f"{tools.dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return tools
 
 
 def drop_file(page: Any, name: str, data: bytes) -> None:

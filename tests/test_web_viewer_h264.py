@@ -121,7 +121,7 @@ async def test_h264_mode_falls_back_to_jpeg_by_itself(
         running_server(tmp_path / "state") as server,
         open_ui(browser, server.url + "/?transport=h264", init_script) as ui,
     ):
-        await ui.wait_for("s.fallbackReason !== null && s.transport === 'jpeg'")
+        await ui.wait_for("typeof s.fallbackReason === 'string' && s.transport === 'jpeg'")
         await ui.wait_for("s.framesDrawn >= 2 && s.codec === 'jpeg'")
         state = await ui.state()
         assert reason in state["fallbackReason"]

@@ -7,6 +7,7 @@ import base64
 import pytest
 from fakes import make_frame
 
+from benchmarks._wire import verify_binary_frame
 from bridge_actors import BINARY_HEADER_SIZE, Frame, parse_binary_header
 from bridge_actors.wire import (
     BINARY_HEADER,
@@ -64,6 +65,16 @@ def test_an_h264_message_carries_its_codec_and_key_flag():
         assert header["payload"] == unit
         assert header["seq"] == 9 and header["input_seq"] == HEADER_FIELDS["input_seq"]
         assert message[29] == (1 if keyframe else 0)
+
+
+def test_the_benchmark_clients_check_each_payload_against_its_codec():
+    unit = b"\x00\x00\x00\x01\x41\x9a"
+    assert verify_binary_frame(h264_message(unit, keyframe=True, seq=1, **HEADER_FIELDS)) is None
+    jpeg_header = encode_binary_header(seq=1, **HEADER_FIELDS)
+    assert verify_binary_frame(jpeg_header + b"\xff\xd8\xff") is None
+    assert "not a JPEG" in verify_binary_frame(jpeg_header + unit)
+    wrong = h264_message(b"\xff\xd8\xff", keyframe=True, seq=1, **HEADER_FIELDS)
+    assert "Annex B" in verify_binary_frame(wrong)
 
 
 def test_a_short_or_foreign_message_is_refused():

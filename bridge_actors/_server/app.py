@@ -82,6 +82,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     async def too_large(error: RequestEntityTooLarge) -> Response:
+        app_state(app).bodies_too_large += 1
         limit = app.config["MAX_CONTENT_LENGTH"]
         return json_response(
             {"success": False, "detail": f"body: larger than {limit} bytes", "field": "body"}, 413

@@ -65,7 +65,7 @@ from .tokens import TokenStore
 
 log = logging.getLogger("bridge_actors.auth")
 
-__all__ = ["Admission", "Gatekeeper", "install", "redact"]
+__all__ = ["Admission", "Gatekeeper", "caller_sees", "install", "redact"]
 
 SUBPROTOCOL_PREFIX = "bridge.token."
 AUDIT_FILE = "audit.jsonl"
@@ -341,6 +341,14 @@ async def _refuse_at_the_door(scope, receive, send, status: int, reason: str) ->
     await send({"type": "websocket.accept"})
     code = MISDIRECTED if status == 421 else 4000 + status
     await send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def caller_sees(session_id: str) -> bool:
+    """Whether the principal of the current request may see ``session_id`` in a listing:
+    a token granted some sessions lists only those."""
+    admission = g.get("admission")
+    principal = admission.principal if admission is not None else None
+    return principal is None or principal.sessions is None or session_id in principal.sessions
 
 
 def install(app: QuartTrio, gate: Gatekeeper) -> None:

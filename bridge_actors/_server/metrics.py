@@ -63,6 +63,27 @@ class BridgeCollector(Collector):
                 " was told to end.",
                 extra.get("stuck_connections_reset", 0),
             )
+            yield _counter(
+                "bridge_bodies_too_large",
+                "HTTP request bodies refused with 413 for their size (BRIDGE_MAX_BODY_BYTES,"
+                " BRIDGE_UPLOAD_MAX_BYTES).",
+                extra.get("bodies_too_large", 0),
+            )
+            yield _counter(
+                "bridge_messages_too_big",
+                "WebSocket messages refused with 1009 (BRIDGE_MAX_MESSAGE_BYTES).",
+                extra.get("messages_too_big", 0),
+            )
+            yield _counter(
+                "bridge_uploads_refused",
+                "Uploads refused with 429: BRIDGE_MAX_CONCURRENT_UPLOADS were being received.",
+                extra.get("uploads_refused", 0),
+            )
+            yield _gauge(
+                "bridge_uploads_active",
+                "Uploads being received now.",
+                extra.get("uploads_active", 0),
+            )
 
     def _connections(self, stats) -> Iterator[Metric]:
         limiter = stats.rate_limiter

@@ -233,6 +233,10 @@ async def serve(
         # cancellation from outside stays a cancellation.
         error = one_exception(group, "server")
         raise error from error.__cause__  # its own cause, not the group around it
+    finally:
+        # Every socket has ended, and closed its WebRTC peer on the way: the loop goes too.
+        with trio.CancelScope(shield=True):
+            await app_state(app).handlers.webrtc_viewers.stop()
     log.info("server stopped")
 
 

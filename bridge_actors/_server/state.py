@@ -15,12 +15,14 @@ from quart_trio import QuartTrio
 
 from .._bridge import Bridge
 from .._services.ratelimit import SlidingWindow
+from . import wsclose
 from .abort import StuckSockets
 from .authmetrics import AuthCollector
 from .control_admission import admit_control
 from .guard import Gatekeeper
 from .metrics import make_registry
 from .probes import Probes
+from .uploads import UploadSlots
 from .ws import OpenSockets, SocketHandlers
 
 __all__ = ["AppState", "app_state", "current_state"]
@@ -36,7 +38,9 @@ class AppState:
     sockets: OpenSockets = dataclasses.field(default_factory=OpenSockets)
     stuck: StuckSockets = dataclasses.field(default_factory=StuckSockets)
     creations_refused: int = 0
+    bodies_too_large: int = 0
     creations: SlidingWindow = dataclasses.field(init=False)
+    uploads: UploadSlots = dataclasses.field(init=False)
     gate: Gatekeeper = dataclasses.field(init=False)
     handlers: SocketHandlers = dataclasses.field(init=False)
     probes: Probes = dataclasses.field(init=False)
@@ -45,6 +49,7 @@ class AppState:
     def __post_init__(self) -> None:
         per_minute = self.bridge.settings.create_sessions_per_minute
         self.creations = SlidingWindow(limit=per_minute, window=60.0)
+        self.uploads = UploadSlots(self.bridge.settings.max_concurrent_uploads)
         self.gate = Gatekeeper(self.bridge.settings)
         self.handlers = SocketHandlers(self.bridge, self.sockets, self.stuck)
         self.handlers.admit_control = functools.partial(admit_control, self.gate)
@@ -56,6 +61,10 @@ class AppState:
         return {
             "session_creations_refused": self.creations_refused,
             "stuck_connections_reset": self.stuck.reset,
+            "bodies_too_large": self.bodies_too_large,
+            "messages_too_big": wsclose.messages_refused_too_big(),
+            "uploads_refused": self.uploads.refused,
+            "uploads_active": self.uploads.active,
         }
 
     def install(self, app: QuartTrio) -> None:

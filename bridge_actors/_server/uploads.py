@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,15 @@ from quart import Request, request
 from .._backends.archives import SNIFF_BYTES, TooLarge
 from .._errors import BadInput
 
-__all__ = ["UPLOAD_ROUTES", "Upload", "UploadedFile", "receive_upload", "upload_request_class"]
+__all__ = [
+    "UPLOAD_ROUTES",
+    "Upload",
+    "UploadSlots",
+    "UploadedFile",
+    "UploadsBusy",
+    "receive_upload",
+    "upload_request_class",
+]
 
 # The routes whose bodies are uploads, given the larger limit.
 UPLOAD_ROUTES = re.compile(
@@ -56,6 +64,44 @@ def upload_request_class(base: type[Request], max_upload_bytes: int) -> type[Req
             super().__init__(method, scheme, path, *args, **kwargs)
 
     return UploadRequest
+
+
+class UploadsBusy(Exception):
+    """The server is receiving as many uploads as it takes at once; try again shortly."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatistics:
+    limit: int
+    active: int
+    refused: int
+
+
+class UploadSlots:
+    """How many uploads are being received at once, capped server-wide.
+
+    Each upload holds a temporary directory and disk bandwidth until its body
+    has arrived, so a client opening many at once is refused rather than queued:
+    a queue would hold their connections and bodies anyway."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.refused = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            self.refused += 1
+            raise UploadsBusy(f"too many uploads at once (at most {self.limit}); retry shortly")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    def statistics(self) -> UploadStatistics:
+        return UploadStatistics(self.limit, self.active, self.refused)
 
 
 @dataclass(slots=True)
@@ -169,15 +215,23 @@ def _boundary() -> bytes:
 
 
 @asynccontextmanager
-async def receive_upload(max_bytes: int) -> AsyncIterator[Upload]:
+async def receive_upload(max_bytes: int, slots: UploadSlots) -> AsyncIterator[Upload]:
     """The request's multipart body, its files on disk, for the duration of the block.
 
-    Raises BadInput (not multipart, malformed) or TooLarge (over ``max_bytes`` or
-    :data:`MAX_FILES`); either way nothing is left on disk."""
+    Raises BadInput (not multipart, malformed), TooLarge (over ``max_bytes`` or
+    :data:`MAX_FILES`) or UploadsBusy (``slots`` all taken); either way nothing is
+    left on disk."""
     boundary = _boundary()
     declared = request.content_length
     if declared is not None and declared > max_bytes + FRAMING_BYTES:
         raise TooLarge("body", f"upload larger than {max_bytes} bytes")
+    with slots.hold():
+        async with _received(boundary, max_bytes) as upload:
+            yield upload
+
+
+@asynccontextmanager
+async def _received(boundary: bytes, max_bytes: int) -> AsyncIterator[Upload]:
     directory = Path(await trio.to_thread.run_sync(tempfile.mkdtemp, "", "bridge-upload-"))
     upload = Upload(directory)
     parts = _Parts(upload, max_bytes)

@@ -1,4 +1,4 @@
-"""The WebSocket endpoints: video, control, screenshot, logs (and a WebRTC refusal).
+"""The WebSocket endpoints: video, control, screenshot, logs and WebRTC signalling.
 
 Every endpoint accepts first and then asks the bridge for admission, so a
 refused client always learns why from a close code instead of a silent socket.
@@ -58,6 +58,7 @@ from ..wire import (
 from .abort import StuckSockets
 from .forwarded import connection_client
 from .json_codec import decode_json, encode_json
+from .webrtc import WebRTCViewers, serve_signalling
 
 log = logging.getLogger("bridge_actors.ws")
 
@@ -76,7 +77,6 @@ MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125
 MAX_BAD_MESSAGES = 50  # in a row; a client that only sends garbage is let go with 1008
 CLOSE_TIMEOUT = 1.0  # how long a cancelled handler may spend telling the client goodbye
 LOG_LEVELS = ("debug", "info", "warning", "error")
-WEBRTC_UNSUPPORTED = "not supported by this server; stream from /ws/<session_id>/video"
 
 
 # --- pure decisions ----------------------------------------------------------------------------
@@ -334,6 +334,7 @@ class SocketHandlers:
         # Asked before each control is applied: None, or why the connection may not.
         self.admit_control: Callable[[str, object], str | None] = lambda _sid, _event: None
         self.h264_messages = H264Messages()
+        self.webrtc_viewers = WebRTCViewers(bridge.settings)
 
     async def _serve(self, kind: str, session_id: str, body: Body) -> None:
         ws = websocket._get_current_object()
@@ -446,7 +447,7 @@ class SocketHandlers:
         """Apply one control message; returns the reply to send (if any) and whether it was good."""
         try:
             decoded = decode_message(message)
-            event = parse_control(normalize_control(decoded))
+            event = parse_control(normalize_control(decoded), self.bridge.settings.max_text_length)
             refusal = self.admit_control(session_id, event)
             if refusal is not None:
                 return _refusal_text(refusal, decoded.get("id")), True
@@ -469,7 +470,9 @@ class SocketHandlers:
                     decoded = decode_message(message)
                     if decoded.get("t", decoded.get("type")) != "refresh":
                         # Taps, and whatever else a compatible page sends here (swipes).
-                        event = parse_control(normalize_control(decoded))
+                        event = parse_control(
+                            normalize_control(decoded), self.bridge.settings.max_text_length
+                        )
                         refusal = self.admit_control(sid, event)
                         if refusal is not None:
                             await ws.send(_refusal_text(refusal, decoded.get("id")))
@@ -494,11 +497,12 @@ class SocketHandlers:
     # -- webrtc --
 
     async def webrtc(self, session_id: str) -> None:
-        """WebRTC signalling is not served yet; a compatible viewer that asks is told so
-        (its signalling reads ``{"type":"error","message"}``) instead of failing a handshake."""
+        """ios-bridge's WebRTC signalling; the peer sends the device's shared H.264."""
 
-        async def body(ws, sid: str, _guard: Guard) -> None:
-            await ws.send(error_text(BadInput("webrtc", WEBRTC_UNSUPPORTED)))
+        async def body(ws, sid: str, guard: Guard) -> None:
+            await serve_signalling(
+                self.bridge, self.webrtc_viewers, ws, sid, guard, decode_message, BadMessages
+            )
 
         await self._serve("webrtc", session_id, body)
 

@@ -28,7 +28,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 
-__all__ = ["ClosingWSStream", "install"]
+__all__ = ["ClosingWSStream", "install", "messages_refused_too_big"]
 
 # How long a client may take to answer the close frame of a refused message (RFC 6455
 # §7.1.1 leaves it to the server; browsers answer at once).
@@ -38,10 +38,16 @@ CLOSE_HANDSHAKE_TIMEOUT = 5.0
 _CREATORS = (h11, h2)
 
 
+def messages_refused_too_big() -> int:
+    """WebSocket messages refused as too big (1009) in this process, over every server."""
+    return ClosingWSStream.refused_too_big
+
+
 class ClosingWSStream(WSStream):
     """Hypercorn's WebSocket stream, sending the close frame of a protocol error too."""
 
     _closing_too_big = False
+    refused_too_big = 0  # counted on the class: every stream of the process
 
     async def _handle_events(self) -> None:
         # Hypercorn 0.18's loop, with two changes marked below.
@@ -52,6 +58,7 @@ class ClosingWSStream(WSStream):
                 try:
                     self.buffer.extend(event)
                 except FrameTooLargeError:
+                    ClosingWSStream.refused_too_big += 1
                     await self._send_wsproto_event(
                         CloseConnection(code=CloseReason.MESSAGE_TOO_BIG)
                     )

@@ -12,8 +12,8 @@ A recording ends when it is stopped, at its caps (``max_seconds`` of capture tim
 ``max_bytes`` of video) by itself, when its session is deleted, when its capture
 stops or fails, or at shutdown; in every case the writer is finished (its index
 written) under a shielded scope, so the file is complete whenever it exists. It
-is kept in the pool's private temporary directory until it is taken (downloaded),
-discarded, or the pool ends, which removes the directory.
+is kept in the pool's private temporary directory (made with the first recording, removed
+with the last) until it is taken (downloaded), discarded, or the pool ends.
 """
 
 from __future__ import annotations
@@ -249,8 +249,6 @@ class RecordingPool:
         self.discarded = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        # mkdtemp makes the directory readable by its owner only.
-        self.directory = Path(tempfile.mkdtemp(prefix="bridge-recordings-"))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -259,6 +257,17 @@ class RecordingPool:
         finally:
             self._nursery = None
             self._recordings.clear()
+            self._remove_directory()
+
+    def _ensure_directory(self) -> Path:
+        """The private directory, made with the first recording (none exists without one)."""
+        if self.directory is None or not self.directory.exists():
+            # mkdtemp makes the directory readable by its owner only.
+            self.directory = Path(tempfile.mkdtemp(prefix="bridge-recordings-"))
+        return self.directory
+
+    def _remove_directory(self) -> None:
+        if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def get(self, session_id: str) -> Recording | None:
@@ -277,9 +286,9 @@ class RecordingPool:
             raise RecordingInProgress("Recording already in progress")
         if current is not None:
             self.discard(session_id)
-        assert self._nursery is not None and self.directory is not None, "pool is not running"
+        assert self._nursery is not None, "pool is not running"
         self._serial += 1
-        path = self.directory / f"{session_id[:8]}-{self._serial}.mp4"
+        path = self._ensure_directory() / f"{session_id[:8]}-{self._serial}.mp4"
         recording = Recording(
             session_id,
             path,
@@ -295,6 +304,8 @@ class RecordingPool:
             if self._recordings.get(session_id) is recording:
                 del self._recordings[session_id]
             recording.discard()
+            if not self._recordings:
+                self._remove_directory()
             raise
         self.started += 1
         return recording
@@ -330,6 +341,8 @@ class RecordingPool:
         recording.stop("discarded")
         recording.discard()
         self.discarded += 1
+        if not self._recordings and recording.done.is_set():
+            self._remove_directory()  # nothing of ours left in the temporary directory
         return True
 
     async def session_ended(self, session_id: str) -> None:

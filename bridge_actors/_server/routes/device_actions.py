@@ -39,7 +39,7 @@ from ..device_files import open_for_pull, push_into
 from ..fields import request_fields
 from ..responses import json_response
 from ..state import current_state
-from ..uploads import Upload, receive_upload
+from ..uploads import Upload, UploadsBusy, receive_upload
 
 __all__ = ["LOCATION_PRESETS", "PREDEFINED_LOCATIONS", "device_actions"]
 
@@ -81,8 +81,14 @@ async def unsupported(error: ActionUnsupported) -> Response:
     return json_response({"success": False, "detail": str(error)}, 501)
 
 
+@device_actions.errorhandler(UploadsBusy)
+async def uploads_busy(error: UploadsBusy) -> Response:
+    return json_response({"success": False, "detail": str(error)}, 429, {"Retry-After": "1"})
+
+
 @device_actions.errorhandler(TooLarge)
 async def too_large(error: TooLarge) -> Response:
+    current_state().bodies_too_large += 1
     return json_response({"success": False, "detail": str(error), "field": error.field}, 413)
 
 
@@ -129,7 +135,7 @@ async def _receive_app(upload: Upload) -> AppBundle:
 async def _install(session_id: str, action: str) -> tuple[Session, AppBundle, InstalledApp | None]:
     bridge = current_state().bridge
     session = bridge.admit_action(session_id, action, "upload")
-    async with receive_upload(_max_upload()) as upload:
+    async with receive_upload(_max_upload(), current_state().uploads) as upload:
         bundle = await _receive_app(upload)
 
         async def install(actions, device) -> InstalledApp | None:
@@ -432,7 +438,7 @@ async def _add_media(session_id: str, field: str, kinds: Any) -> dict[str, Any]:
     bridge = current_state().bridge
     action = f"media/{field}/add"
     session = bridge.admit_action(session_id, action, "upload")
-    async with receive_upload(_max_upload()) as upload:
+    async with receive_upload(_max_upload(), current_state().uploads) as upload:
         files = upload.files_of(field)
         if not files:
             raise BadInput(field, "no file uploaded")
@@ -493,7 +499,7 @@ async def push_file(session_id: str) -> dict[str, Any]:
     the container of ``bundle_id``; the path may not leave it."""
     bridge = current_state().bridge
     session = bridge.admit_action(session_id, "files/push", "upload")
-    async with receive_upload(_max_upload()) as upload:
+    async with receive_upload(_max_upload(), current_state().uploads) as upload:
         files = upload.files_of("file")
         if len(files) != 1:
             raise BadInput("file", "send exactly one file")

@@ -14,6 +14,7 @@ from quart import Blueprint, Response
 from ..._errors import SessionNotFound
 from .. import views
 from ..authz import requires
+from ..guard import caller_sees
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import render_metrics
 from ..state import current_state
@@ -50,6 +51,7 @@ async def stats() -> dict[str, Any]:
         "websockets": state.sockets.statistics(),
         "session_creations_refused": state.creations_refused,
         "auth": state.gate.statistics(),
+        "webrtc": await state.handlers.webrtc_viewers.statistics_document(),
     }
     return views.stats_document(state.bridge.statistics(), server)
 
@@ -66,7 +68,11 @@ async def metrics() -> Response:
 @requires("watch")
 async def status_all() -> dict[str, Any]:
     """Every session, as the ios-bridge status page lists them."""
-    sessions = [views.session_list_item(s) for s in current_state().bridge.list_sessions()]
+    sessions = [
+        views.session_list_item(s)
+        for s in current_state().bridge.list_sessions()
+        if caller_sees(s.session_id)
+    ]
     return {
         "total_sessions": len(sessions),
         "sessions": sessions,

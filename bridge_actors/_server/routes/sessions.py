@@ -17,6 +17,7 @@ from .. import views
 from ..authz import requires
 from ..fields import CreateSessionBody, force_flag, request_fields, session_request
 from ..forwarded import connection_client
+from ..guard import caller_sees
 from ..openapi import request_body
 from ..responses import json_response, redirect_response
 from ..state import AppState, current_state
@@ -91,8 +92,14 @@ async def sessions_without_slash() -> Response:
 async def list_sessions() -> dict[str, Any]:
     """Every session, held ones (not running: unrestored, delete failed) included."""
     bridge = current_state().bridge
-    items = [views.session_list_item(s) for s in bridge.list_sessions()]
-    items += [views.held_session_list_item(held) for held in bridge.list_held_sessions()]
+    items = [
+        views.session_list_item(s) for s in bridge.list_sessions() if caller_sees(s.session_id)
+    ]
+    items += [
+        views.held_session_list_item(held)
+        for held in bridge.list_held_sessions()
+        if caller_sees(held.session_id)
+    ]
     return {"success": True, "sessions": items}
 
 
