@@ -7,7 +7,9 @@ rounds (rounds of video viewers that never read; the server's RSS after each),
 auth (connect-to-first-frame and REST latency with auth none against token),
 h264 (the H.264 stream beside the JPEG one: bytes, PSNR, encoder and server CPU,
 join time), webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU
-per peer), and ``standard`` (the set whose results RESULTS.md holds). By default each scenario
+per peer), record (N viewers with and without a recording of their device: their frame
+share and p99, the recorder's CPU per second of video), and ``standard`` (the set whose
+results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
 running server instead, and only at a loopback one unless ``--allow-remote``.
@@ -30,14 +32,14 @@ from typing import Any
 import psutil
 import trio
 
-from . import _auth, _h264, _rest, _scenarios, _stress, _webrtc
+from . import _auth, _h264, _record, _rest, _scenarios, _stress, _webrtc
 from ._load import Context, budget, guard
 from ._report import Reporter, Results
 from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_harness_priority
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "auth", "h264", "webrtc", "standard",
+    "auth", "h264", "webrtc", "record", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
@@ -174,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--h264-viewers", type=_counts, default=[10, 100], help="h264: viewer counts (10,100)"
     )
+    load.add_argument(
+        "--record-viewers", type=_positive(int), default=50, help="record: viewers (50)"
+    )
     load.add_argument("--joins", type=_positive(int), default=40, help="h264: joins per policy")
     load.add_argument(
         "--clip-frames", type=_positive(int), default=90, help="h264: frames of each clip"
@@ -281,6 +286,10 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
                    + 4 * (args.joins * 0.6 + 15)),
             partial(_h264.h264, ctx, counts=args.h264_viewers, duration=d, joins=args.joins,
                     clip_frames=args.clip_frames),
+        ),
+        "record": (
+            budget(2 * (args.duration + 5) + 30),
+            partial(_record.record, ctx, viewers=args.record_viewers, duration=d),
         ),
         "rounds": (
             budget((args.rounds + 1) * (args.round_viewers / 50 + args.deadline + 15 + 40)),

@@ -50,6 +50,14 @@ from ._video.encoder import (
     EncoderStatistics,
     H264Feed,
 )
+from ._video.recorder import (
+    Recording,
+    RecordingCaps,
+    RecordingPool,
+    RecordingPoolStatistics,
+    RecordingStatistics,
+    WriterFactory,
+)
 
 log = logging.getLogger("bridge_actors")
 
@@ -108,6 +116,8 @@ class BridgeStatistics:
     kpis: Kpis
     actions: ActionStatistics
     h264: tuple[EncoderStatistics, ...] = ()
+    recordings: RecordingPoolStatistics | None = None
+    per_recording: tuple[RecordingStatistics, ...] = ()
 
 
 class Bridge:
@@ -119,6 +129,7 @@ class Bridge:
         backends: dict[str, DeviceBackend],
         memory_probe: Callable[[], MemorySample] | None,
         video_encoder: EncoderFactory | None = None,
+        recording_writer: WriterFactory | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -153,6 +164,14 @@ class Bridge:
             video_encoder or _no_video_encoder,
             trio.CapacityLimiter(settings.h264_encode_threads),
         )
+        self.recordings = RecordingPool(
+            RecordingCaps(
+                max_seconds=settings.recording_max_seconds,
+                max_bytes=settings.recording_max_bytes,
+            ),
+            recording_writer or _no_recording_writer,
+            trio.CapacityLimiter(1),
+        )
         self.warden = MemoryWarden(
             WardenTargets({"capture": self.pool, "h264": self.encoders}),
             limit_mb=settings.max_memory_mb,
@@ -180,6 +199,7 @@ class Bridge:
         return self.limiter.released
 
     async def _session_ended(self, session: Session) -> None:
+        await self.recordings.session_ended(session.session_id)
         encoding = self.encoders.stop_device(session.device.udid, "session deleted")
         done = self.pool.stop_device(session.device.udid, "session deleted")
         self.limiter.forget_session(session.session_id)
@@ -307,6 +327,20 @@ class Bridge:
         finally:
             session.release(membership)
 
+    async def start_recording(self, session_id: str) -> Recording:
+        """Start recording the session's screen to MP4, as one more H.264 feed of its device.
+
+        Raises SessionNotFound, RecordingInProgress, or CaptureFailed when no H.264
+        feed can start. The recording goes on until stopped, its caps, or the session's end.
+        """
+        self.registry.get(session_id)
+        return await self.recordings.start(session_id, lambda: self.h264_feed(session_id))
+
+    async def stop_recording(self, session_id: str) -> Recording:
+        """Stop the session's recording and return it finished (NoRecording if none)."""
+        self.registry.get(session_id)
+        return await self.recordings.stop(session_id)
+
     async def control(self, session_id: str, event: ControlEvent | Mapping[str, Any]) -> int:
         """Apply a control event (or its JSON form); returns its input_seq once applied."""
         if not isinstance(event, ControlEvent):
@@ -431,11 +465,17 @@ class Bridge:
             ),
             actions=self.actions.statistics(),
             h264=tuple(s.statistics() for s in self.encoders.services()),
+            recordings=self.recordings.statistics(),
+            per_recording=tuple(r.statistics() for r in self.recordings.recordings()),
         )
 
 
 def _no_video_encoder(width: int, height: int):
     raise CaptureFailed("H.264 is not available: this bridge was given no video encoder")
+
+
+def _no_recording_writer(path):
+    raise CaptureFailed("recording is not available: this bridge was given no MP4 writer")
 
 
 @asynccontextmanager
@@ -444,6 +484,7 @@ async def run_bridge(
     backends: Mapping[str, DeviceBackend],
     memory_probe: Callable[[], MemorySample] | None = None,
     video_encoder: EncoderFactory | None = None,
+    recording_writer: WriterFactory | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run the bridge's actors over the given backends for the duration of the block.
 
@@ -453,16 +494,18 @@ async def run_bridge(
     single error is re-raised as it is; several are wrapped in one BridgeError
     naming them. The caller holds the state directory (``hold_state_dir``).
     ``video_encoder`` makes the H.264 codec for a picture size; without one
-    :meth:`Bridge.h264_feed` refuses.
+    :meth:`Bridge.h264_feed` refuses. ``recording_writer`` makes the MP4 writer of a
+    recording; without one :meth:`Bridge.start_recording` refuses.
     """
     for backend in backends.values():
         await backend.check()
-    bridge = Bridge(settings, dict(backends), memory_probe, video_encoder)
+    bridge = Bridge(settings, dict(backends), memory_probe, video_encoder, recording_writer)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.limiter.run)
             await nursery.start(bridge.pool.run)
             await nursery.start(bridge.encoders.run)
+            await nursery.start(bridge.recordings.run)
             await nursery.start(bridge.warden.run)
             await nursery.start(bridge.trimmer.run)
             await nursery.start(bridge.registry.run)

@@ -13,6 +13,7 @@ from ._device import DeviceBackend
 from ._services.statelock import hold_state_dir
 from ._services.warden import MemorySample
 from ._settings import Settings, load_settings
+from ._video.mp4 import Mp4Writer
 from ._video.pyav_encoder import pyav_encoder_factory
 
 
@@ -38,7 +39,7 @@ async def open_bridge(
         if backends is None:
             backends = make_backends(settings, trio.CapacityLimiter(settings.encode_threads))
         encoder = pyav_encoder_factory(settings)
-        async with run_bridge(settings, backends, memory_probe, encoder) as bridge:
+        async with run_bridge(settings, backends, memory_probe, encoder, Mp4Writer) as bridge:
             yield bridge
 
 

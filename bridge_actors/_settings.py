@@ -365,6 +365,16 @@ class Settings(pydantic.BaseModel):
         description="seconds a WebRTC viewer may take from its offer to connected",
     )
 
+    # Recording: a session's screen to MP4, from its device's shared H.264 encoder.
+    recording_max_seconds: float = pydantic.Field(
+        1800.0, gt=0, le=86400, description="longest recording, in seconds; then it stops itself"
+    )
+    recording_max_bytes: int = pydantic.Field(
+        1_000_000_000,
+        ge=100_000,
+        description="largest recording's video, in bytes; then it stops itself",
+    )
+
     @pydantic.model_validator(mode="wrap")
     @classmethod
     def _raise_invalid_settings(

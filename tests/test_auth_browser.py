@@ -130,6 +130,7 @@ async def test_a_share_link_opens_the_viewer_as_a_spectator_whose_taps_are_refus
             assert link["token"] not in address and address.endswith(f"#session={sid}")
             badge = await ui(lambda page: page.locator("#auth-role").inner_text())
             assert badge == "spectator: watch only"
+            assert not await ui(lambda page: page.is_visible("#recording-panel"))
             await ui(tap_canvas, 0.5, 0.5)
             await ui.wait_for("s.errors >= 1")
             state = await ui.state()

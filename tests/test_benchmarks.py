@@ -404,3 +404,28 @@ def test_webrtc_counts_every_peers_frames_against_the_capture(tmp_path):
     assert first["server_cpu_percent"] > 0 and first["clients_cpu_percent"] > 0
     targets = [r for r in records if r["kind"] == "target"]
     assert targets and all(t["verdict"] in done.stdout for t in targets)
+
+
+@pytest.fixture(scope="module")
+def record_run(tmp_path_factory) -> dict:
+    found: dict[str, dict] = {}
+
+    async def run() -> None:
+        with trio.fail_after(120):
+            args = ["--record-viewers", "2", "--duration", "0.5", "--no-plots"]
+            await _run_scenario(tmp_path_factory.mktemp("bench-record"), found, "record", args)
+
+    trio.run(run)
+    return found["record"]
+
+
+def test_record_measures_viewers_with_and_without_a_recording(record_run):
+    assert record_run["code"] == 0, record_run["stdout"][-3000:]
+    assert not _kind(record_run, "problem")
+    rows = {r["run"]: r for r in _kind(record_run, "row")}
+    assert set(rows) == {"without recording", "while recording"}
+    assert all(r["fps_per_viewer"] > 0 and r["errors"] == 0 for r in rows.values())
+    recorded = rows["while recording"]
+    assert recorded["video_frames"] > 0 and recorded["video_s"] > 0
+    names = {t["name"] for t in _kind(record_run, "target")}
+    assert "frames per viewer while recording" in names

@@ -346,20 +346,23 @@ async def test_local_pages_get_no_cors_unless_listed(server):
         assert "access-control-allow-origin" not in read.headers
 
 
-async def test_the_viewers_record_buttons_get_a_clear_refusal(desktop_viewer_server):
+async def test_the_viewers_record_buttons_record_and_download(desktop_viewer_server):
     server = desktop_viewer_server
     sid = server.session_id
-    for step in ("start", "stop"):
-        response = await server.http.post(
-            f"/api/sessions/{sid}/recording/{step}",
-            headers={"Content-Type": "application/json", "Origin": "file://"},
-        )
-        assert response.status_code == 501  # `response.ok` is false: the button stays idle
-        assert response.json() == {
-            "success": False,
-            "detail": "recording: not supported by this server",
-        }
-        assert response.headers["access-control-allow-origin"] == "file://"
+    headers = {"Content-Type": "application/json", "Origin": "file://"}
+    started = await server.http.post(f"/api/sessions/{sid}/recording/start", headers=headers)
+    assert started.status_code == 200, started.text
+    assert started.json() == {"success": True, "message": "Recording started", "session_id": sid}
+    assert started.headers["access-control-allow-origin"] == "file://"
+    stopped = await server.http.post(f"/api/sessions/{sid}/recording/stop", headers=headers)
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.headers["content-type"] == "video/mp4"
+    assert re.fullmatch(
+        rf"attachment; filename=ios-recording_{sid[:8]}_\d+\.mp4",
+        stopped.headers["content-disposition"],
+    )
+    assert stopped.headers["access-control-allow-origin"] == "file://"
+    assert stopped.content[4:8] == b"ftyp"
     unknown = await server.http.post("/api/sessions/nope/recording/start")
     assert unknown.status_code == 404
 

@@ -409,7 +409,7 @@ async def test_every_error_body_has_the_same_shape(server):
         await server.http.get("/no/such/route"),
         await server.http.post("/api/sessions/create", data={"device_type": "x"}),
         await server.http.get(f"/webrtc/quality/{sid}/extreme"),
-        await server.http.post(f"/api/sessions/{sid}/recording/start"),
+        await server.http.post(f"/api/sessions/{sid}/recording/stop"),
     ]
     for response in answers:
         assert response.status_code >= 400, response.request.url

@@ -180,6 +180,10 @@ def stats_document(snapshot: BridgeStatistics, server: Mapping[str, Any]) -> dic
         "supervisor": {c.udid: plain(c.supervisor) for c in snapshot.captures},
         "captures": {c.udid: _capture(c) for c in snapshot.captures},
         "h264": {e.udid: plain(e) for e in snapshot.h264},
+        "recordings": {
+            **(plain(snapshot.recordings) if snapshot.recordings else {}),
+            "sessions": {r.session_id: plain(r) for r in snapshot.per_recording},
+        },
         "pool": plain(snapshot.pool),
         "sessions": plain(snapshot.sessions),
         "store": plain(snapshot.store),

@@ -4,10 +4,11 @@ from .access import access
 from .device_actions import device_actions
 from .extras import extras
 from .monitoring import monitoring
+from .recording import recording
 from .sessions import sessions
 from .sockets import sockets
 from .viewer import viewer
 
-BLUEPRINTS = (viewer, monitoring, sessions, extras, device_actions, sockets, access)
+BLUEPRINTS = (viewer, monitoring, sessions, extras, recording, device_actions, sockets, access)
 
 __all__ = ["BLUEPRINTS"]

@@ -1,9 +1,9 @@
-"""A session's extras: its screenshot as a file, the recording and WebRTC routes.
+"""A session's extras: its screenshot as a file and the WebRTC presets.
 
 These answer what the compatible clients ask for beyond docs/protocol.md: a
-download name ending in ``.png`` (the screenshot converted to match), the
-recording buttons (a clear 501, recording is not supported) and the WebRTC
-quality presets (reported only; the video socket streams).
+download name ending in ``.png`` (the screenshot converted to match) and the
+WebRTC quality presets (reported only; the video socket streams). Recording
+lives in :mod:`.recording`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..fields import ScreenshotDownloadBody, request_fields
 from ..openapi import request_body
 from ..state import current_state
 
-__all__ = ["RECORDING_UNSUPPORTED", "WEBRTC_PRESETS", "extras"]
+__all__ = ["WEBRTC_PRESETS", "extras"]
 
 SCREENSHOT_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
@@ -33,7 +33,6 @@ SCREENSHOT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 FORMAT_OF_EXTENSION = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 CONVERTED_JPEG_QUALITY = 90
 _SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,127}")
-RECORDING_UNSUPPORTED = "recording: not supported by this server"
 
 # The presets of the compatible route; only reported, WebRTC itself is a later milestone.
 WEBRTC_PRESETS: Mapping[str, Mapping[str, float]] = {
@@ -111,24 +110,6 @@ def _convert_screenshot(shot: Screenshot, fmt: str) -> bytes:
 def _header_token(filename: str) -> str:
     """The filename as ios-bridge sends it (bare), quoted only when it holds a space."""
     return f'"{filename}"' if " " in filename else filename
-
-
-@extras.post("/api/sessions/<session_id>/recording/start")
-@extras.post("/api/sessions/<session_id>/recording/stop")
-@requires("control")
-async def recording(session_id: str) -> tuple[dict[str, Any], int]:
-    """Recording is not supported by this server: 501."""
-    current_state().bridge.get_session(session_id)
-    await trio.lowlevel.checkpoint()
-    return {"success": False, "detail": RECORDING_UNSUPPORTED}, 501
-
-
-@extras.post("/api/sessions/cleanup-recordings")
-@requires("admin")
-async def cleanup_recordings() -> dict[str, Any]:
-    """Recordings are not supported; there is never anything to clean up."""
-    await trio.lowlevel.checkpoint()
-    return {"success": True, "message": "No recordings to clean up"}
 
 
 @extras.get("/webrtc/quality/<session_id>/<quality>")
