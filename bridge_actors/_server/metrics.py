@@ -46,6 +46,11 @@ class BridgeCollector(Collector):
             " device could not be deleted.",
             len(stats.sessions.held),
         )
+        instance = GaugeMetricFamily(
+            "bridge_instance_info", "The instance answering this scrape.", labels=["instance"]
+        )
+        instance.add_metric([self._bridge.settings.instance_id], 1)
+        yield instance
         yield from self._connections(stats)
         yield from self._captures(stats)
         yield from self._memory(stats)

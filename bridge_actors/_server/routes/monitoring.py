@@ -13,6 +13,7 @@ from quart import Blueprint, Response
 
 from ..._errors import SessionNotFound
 from .. import views
+from ..cluster import cluster_list_items, remote_entry
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import render_metrics
 from ..state import current_state
@@ -48,7 +49,11 @@ async def stats() -> dict[str, Any]:
         "websockets": state.sockets.statistics(),
         "session_creations_refused": state.creations_refused,
     }
-    return views.stats_document(state.bridge.statistics(), server)
+    document = views.stats_document(state.bridge.statistics(), server)
+    document["instance"] = state.bridge.settings.instance_id
+    if state.cluster is not None:
+        document["cluster"] = views.plain(state.cluster.statistics())
+    return document
 
 
 @monitoring.get("/metrics")
@@ -61,7 +66,9 @@ async def metrics() -> Response:
 @monitoring.get("/status")
 async def status_all() -> dict[str, Any]:
     """Every session, as the ios-bridge status page lists them."""
-    sessions = [views.session_list_item(s) for s in current_state().bridge.list_sessions()]
+    state = current_state()
+    local = [views.session_list_item(s) for s in state.bridge.list_sessions()]
+    sessions = await cluster_list_items(state, local)
     return {
         "total_sessions": len(sessions),
         "sessions": sessions,
@@ -75,9 +82,20 @@ async def status_one(session_id: str) -> dict[str, Any]:
 
     An unknown session is a 200 whose body holds ``"error"`` and ``"status_code": 404``,
     as the compatible clients expect."""
+    state = current_state()
     try:
-        session = current_state().bridge.get_session(session_id)
+        session = state.bridge.get_session(session_id)
     except SessionNotFound:
+        entry = await remote_entry(state, session_id)
+        if entry is not None:
+            return {
+                "session_id": session_id,
+                "udid": entry.info.get("udid"),
+                "simulator_accessible": entry.state not in ("lost", "Shutdown"),
+                "session_info": dict(entry.info),
+                "status": entry.info.get("status"),
+                "instance": entry.owner,
+            }
         # The compatible clients read this as a 200 with an error inside.
         return {"error": "Session not found", "status_code": 404}
     await session.refresh()  # this route is the client's "is it up now?": ask first
