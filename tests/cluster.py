@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from nginx import free_port, nginx_binary
 
+from bridge_actors import ENV_NAMES
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx-cluster.conf"
 
 
@@ -124,7 +126,7 @@ def running_instances(
             "BRIDGE_TRUSTED_PROXIES": "127.0.0.1",
             "BRIDGE_FPS": "5",
             "BRIDGE_SHUTDOWN_GRACE": "2",
-            **{f"BRIDGE_{key.upper()}": value for key, value in settings.items()},
+            **{ENV_NAMES[key]: value for key, value in settings.items()},
         }
         instances.append(Instance(name, free_port(), state_dir, env))
     try:

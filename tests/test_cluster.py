@@ -12,8 +12,9 @@ import pytest
 import trio
 import trio_websocket
 from cluster import running_cluster_nginx, running_instances, running_redis
+from conftest import close_of
 
-from bridge_actors.wire import parse_binary_header
+from bridge_actors.wire import SESSION_FULL, parse_binary_header
 
 LEASE = 1.0
 HEARTBEAT = 0.25
@@ -109,6 +110,7 @@ async def test_a_killed_instance_s_sessions_are_lost_within_the_lease_and_return
     with (
         running_redis() as redis,
         running_instances(tmp_path / "instances", redis, 3, **SHORT_LEASE) as instances,
+        running_cluster_nginx(tmp_path / "nginx", instances) as port,
     ):
         victim, survivors = instances[2], instances[:2]
         async with httpx.AsyncClient(timeout=10) as client:
@@ -130,6 +132,12 @@ async def test_a_killed_instance_s_sessions_are_lost_within_the_lease_and_return
             await eventually(lost_everywhere, within=LEASE + HEARTBEAT + 1.0)
             status = (await client.get(f"{survivors[0].url}/status/{session_id}")).json()
             assert status["simulator_accessible"] is False
+            # A viewer through nginx: the owner is down, another instance says why.
+            await eventually(lambda: answers(client, f"http://127.0.0.1:{port}/livez"), within=10)
+            url = f"ws://127.0.0.1:{port}/ws/{session_id}/video"
+            async with trio_websocket.open_websocket_url(url) as ws:
+                code, reason = await close_of(ws)
+            assert (code, reason) == (4004, "session lost: its instance bridge3 stopped answering")
 
             victim.start()  # the same state dir: it re-adopts the session
 
@@ -179,6 +187,63 @@ async def test_without_redis_owned_sessions_stream_creates_are_refused_and_it_re
             await eventually(lambda: answers(client, f"{instance.url}/readyz"), within=15)
             again = await create(client, instance.url)
             assert again["session_id"] in await listed(client, instance.url)
+
+
+async def test_creations_per_client_address_hold_across_instances_to_the_exact_count(tmp_path):
+    limit = 4
+    with (
+        running_redis() as redis,
+        running_instances(
+            tmp_path / "instances", redis, 3, create_sessions_per_minute=str(limit)
+        ) as instances,
+    ):
+        async with httpx.AsyncClient(timeout=10) as client:
+            await ready(client, instances)
+            configs = (await client.get(f"{instances[0].url}/api/sessions/configurations")).json()
+            body = {
+                "device_type": configs["configurations"]["device_types"][0],
+                "ios_version": configs["configurations"]["ios_versions"][0],
+            }
+            statuses: list[int] = []
+
+            async def attempt(instance) -> None:
+                response = await client.post(f"{instance.url}/api/sessions/create", json=body)
+                statuses.append(response.status_code)
+
+            # Three attempts at each instance at once: the count is the cluster's.
+            async with trio.open_nursery() as nursery:
+                for instance in instances * 3:
+                    nursery.start_soon(attempt, instance)
+            assert sorted(statuses) == [200] * limit + [429] * (9 - limit)
+
+
+async def test_the_per_session_cap_holds_for_viewers_arriving_through_any_instance(tmp_path):
+    cap = 2
+    with (
+        running_redis() as redis,
+        running_instances(
+            tmp_path / "instances", redis, 3, max_connections_per_session=str(cap)
+        ) as instances,
+        running_cluster_nginx(tmp_path / "nginx", instances) as port,
+    ):
+        async with httpx.AsyncClient(timeout=10) as client:
+            await ready(client, instances)
+            await eventually(lambda: answers(client, f"http://127.0.0.1:{port}/livez"), within=10)
+            session_id = (await create(client, instances[1].url))["session_id"]
+            url = f"ws://127.0.0.1:{port}/ws/{session_id}/video?format=binary"
+            async with (
+                trio_websocket.open_websocket_url(url) as first,
+                trio_websocket.open_websocket_url(url) as second,
+            ):
+                await first.get_message()
+                await second.get_message()
+                async with trio_websocket.open_websocket_url(url) as third:
+                    code, _ = await close_of(third)
+                assert code == SESSION_FULL
+            # Asked directly, an instance that does not own the session says who does.
+            direct = f"ws://127.0.0.1:{instances[0].port}/ws/{session_id}/video"
+            async with trio_websocket.open_websocket_url(direct) as ws:
+                assert await close_of(ws) == (4004, "session is served by instance bridge2")
 
 
 @pytest.mark.parametrize("bad", ["a-b", "", "x" * 33])

@@ -5,11 +5,13 @@ Without ``BRIDGE_REDIS_URL`` nothing here runs and a single instance is what it 
 
 from .directory import DirectoryEntry, InstanceEntry
 from .node import ClusterNode, ClusterStatistics, RedisUnavailable
+from .window import GlobalWindow
 
 __all__ = [
     "ClusterNode",
     "ClusterStatistics",
     "DirectoryEntry",
+    "GlobalWindow",
     "InstanceEntry",
     "RedisUnavailable",
 ]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import coredis
@@ -101,6 +102,7 @@ class ClusterNode:
         self._published: set[str] = set()
         self._adopted = False  # entries this instance left before a restart are swept once
         self._beat_lock = trio.Lock()
+        self._scripts: dict[str, Any] = {}
         self.connected = False
         self.heartbeats = 0
         self.failed_heartbeats = 0
@@ -219,6 +221,14 @@ class ClusterNode:
         async with self._reading() as client:
             await client.hdel(SESSIONS_KEY, [session_id])
         self._published.discard(session_id)
+
+    async def evaluate(self, script: str, *, keys: list[str], args: list) -> list:
+        """Run a Lua script (cached by its digest after the first call) within the deadline."""
+        async with self._reading() as client:
+            registered = self._scripts.get(script)
+            if registered is None:
+                registered = self._scripts[script] = client.register_script(script)
+            return await registered(keys=keys, args=args, client=client)
 
     async def _instances(self, client: coredis.Redis) -> list[InstanceEntry]:
         ids = sorted(await client.smembers(INSTANCES_KEY))

@@ -11,7 +11,13 @@ from typing import Any
 import trio
 
 from .._bridge import Bridge
-from .._cluster import ClusterNode, DirectoryEntry, InstanceEntry, RedisUnavailable
+from .._cluster import (
+    ClusterNode,
+    DirectoryEntry,
+    GlobalWindow,
+    InstanceEntry,
+    RedisUnavailable,
+)
 from . import views
 from .state import AppState
 
@@ -59,8 +65,22 @@ async def start_cluster_node(
     )
     node.url = settings.advertised_url or url
     state.cluster = node
+    state.cluster_creations = GlobalWindow(
+        node, "creations", limit=settings.create_sessions_per_minute, window=60.0
+    )
+    state.handlers.whereabouts = lambda session_id: whereabouts(state, session_id)
     await nursery.start(node.run)
     return node
+
+
+async def whereabouts(state: AppState, session_id: str) -> str | None:
+    """Why another instance's session is not served here, for a viewer's 4004."""
+    entry = await remote_entry(state, session_id)
+    if entry is None:
+        return None
+    if entry.state == "lost":
+        return f"session lost: its instance {entry.owner} stopped answering"
+    return f"session is served by instance {entry.owner}"
 
 
 async def cluster_list_items(state: AppState, local: list[dict[str, Any]]) -> list[dict[str, Any]]:

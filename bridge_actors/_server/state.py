@@ -13,7 +13,7 @@ from quart import current_app
 from quart_trio import QuartTrio
 
 from .._bridge import Bridge
-from .._cluster import ClusterNode
+from .._cluster import ClusterNode, GlobalWindow
 from .._services.ratelimit import SlidingWindow
 from .abort import StuckSockets
 from .metrics import make_registry
@@ -34,6 +34,7 @@ class AppState:
     stuck: StuckSockets = dataclasses.field(default_factory=StuckSockets)
     creations_refused: int = 0
     cluster: ClusterNode | None = None  # with BRIDGE_REDIS_URL, once serve joined the cluster
+    cluster_creations: GlobalWindow | None = None  # creations per client address, cluster-wide
     creations: SlidingWindow = dataclasses.field(init=False)
     handlers: SocketHandlers = dataclasses.field(init=False)
     probes: Probes = dataclasses.field(init=False)

@@ -54,7 +54,7 @@ async def create_session() -> tuple[dict[str, Any], int] | Response:
         if elsewhere is not None:
             return elsewhere
     device_type, ios_version = session_request(fields, await state.bridge.configurations())
-    refusal = _refused_creation(state)
+    refusal = await _refused_creation(state)
     if refusal is not None:
         return refusal
     session = await state.bridge.create_session(device_type, ios_version)
@@ -90,11 +90,31 @@ async def _publish(state: AppState) -> None:
         await state.cluster.beat()
 
 
-def _refused_creation(state: AppState) -> Response | None:
-    """The 429 answer if this client address created too many sessions lately, else None."""
+async def _refused_creation(state: AppState) -> Response | None:
+    """The 429 answer if this client address created too many sessions lately, else None.
+
+    In a cluster the count is the whole cluster's (a Lua script in Redis); the local
+    window still answers first, without a round trip, when it alone already refuses:
+    it never counts more than the cluster does."""
     client = connection_client(request, state.bridge.settings.trusted_proxies)
+    now = trio.current_time()
     try:
-        state.creations.consume(client, trio.current_time())
+        wait = state.creations.retry_after(client, now)
+        if wait > 0:
+            raise RateLimited(wait)
+        if state.cluster_creations is not None:
+            try:
+                wait = await state.cluster_creations.take(client)
+            except RedisUnavailable as exc:
+                detail = (
+                    f"cannot count creations while the cluster directory is unavailable ({exc})"
+                )
+                return json_response(
+                    {"success": False, "detail": detail}, 503, {"Retry-After": "5"}
+                )
+            if wait > 0:
+                raise RateLimited(wait)
+        state.creations.consume(client, now)
     except RateLimited as refusal:
         state.creations_refused += 1
         wait = max(1, math.ceil(refusal.retry_after))
