@@ -17,6 +17,7 @@ import pytest
 from nginx import free_port, nginx_binary
 
 from bridge_actors import ENV_NAMES
+from bridge_actors._cluster.render import render_nginx_config
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx-cluster.conf"
 
@@ -139,23 +140,12 @@ def running_instances(
 
 
 def cluster_nginx_config(root: Path, instances: list[Instance], port: int) -> str:
-    values = {
-        "@INSTANCE_MAP@": "\n".join(
-            f"        {i.instance_id} 127.0.0.1:{i.port};" for i in instances
-        ),
-        "@SERVERS@": "\n".join(
-            f"        server 127.0.0.1:{i.port} max_fails=1 fail_timeout=5s;" for i in instances
-        ),
-        "@LISTEN@": f"127.0.0.1:{port}",
-        "@RUNTIME_DIR@": str(root),
-    }
-    text = TEMPLATE.read_text()
-    for placeholder, value in values.items():
-        if placeholder in ("@INSTANCE_MAP@", "@SERVERS@"):  # whole lines; the header names them
-            text = text.replace(f"\n{placeholder}\n", f"\n{value}\n")
-        else:
-            text = text.replace(placeholder, value)
-    return text
+    return render_nginx_config(
+        TEMPLATE.read_text(),
+        [(i.instance_id, f"127.0.0.1:{i.port}") for i in instances],
+        listen=f"127.0.0.1:{port}",
+        runtime_dir=str(root),
+    )
 
 
 @contextmanager
