@@ -259,6 +259,13 @@ class Settings(pydantic.BaseModel):
     cluster_heartbeat: float = pydantic.Field(
         2.0, gt=0, description="seconds between an instance's heartbeats to Redis"
     )
+    # Event-loop lag as the load signal (bridge_actors._services.looplag).
+    saturated_loop_lag: float = pydantic.Field(
+        0.25,
+        gt=0,
+        description="seconds of event-loop lag (p99 over the last 30 s) above which /readyz "
+        "answers 503 saturated and the cluster places new sessions elsewhere",
+    )
 
     @pydantic.model_validator(mode="wrap")
     @classmethod

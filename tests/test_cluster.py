@@ -96,6 +96,7 @@ async def test_a_session_created_through_nginx_is_known_everywhere_and_streams_f
             assert seqs == list(range(seqs[0], seqs[0] + 3))
             metrics = (await client.get(f"{instances[0].url}/metrics")).text
             assert 'bridge_instance_info{instance="bridge1"} 1.0' in metrics
+            assert 'bridge_event_loop_lag_seconds{quantile="0.99"}' in metrics
             assert (await client.get(f"{instances[1].url}/stats")).json()["instance"] == "bridge2"
 
             deleted = await client.delete(f"{proxy}/api/sessions/{session_id}")

@@ -62,6 +62,7 @@ async def start_cluster_node(
         heartbeat=settings.cluster_heartbeat,
         local_entries=lambda: local_entries(bridge, node),
         device_types=device_types,
+        saturated=lambda: state.loop_lag.saturated,
     )
     node.url = settings.advertised_url or url
     state.cluster = node

@@ -76,6 +76,8 @@ class Probes:
             reasons.append("draining")
         if not bridge.warden.ready:
             reasons.append("memory critical")
+        if self.state.loop_lag.saturated:
+            reasons.append("saturated")
         cluster = self.state.cluster
         if cluster is not None and not cluster.connected:
             reasons.append("redis unavailable")

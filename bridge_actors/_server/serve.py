@@ -208,6 +208,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
             await nursery.start(app_state(app).stuck.run)
+            await nursery.start(app_state(app).loop_lag.run)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
             url = f"http://{_url_host(bound_host)}:{bound_port}"
             await start_cluster_node(nursery, app_state(app), url)

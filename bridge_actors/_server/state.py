@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 
 from .._bridge import Bridge
 from .._cluster import ClusterNode, GlobalWindow
+from .._services.looplag import LoopLag
 from .._services.ratelimit import SlidingWindow
 from .abort import StuckSockets
 from .metrics import make_registry
@@ -38,14 +39,16 @@ class AppState:
     creations: SlidingWindow = dataclasses.field(init=False)
     handlers: SocketHandlers = dataclasses.field(init=False)
     probes: Probes = dataclasses.field(init=False)
+    loop_lag: LoopLag = dataclasses.field(init=False)
     metrics: CollectorRegistry = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         per_minute = self.bridge.settings.create_sessions_per_minute
         self.creations = SlidingWindow(limit=per_minute, window=60.0)
         self.handlers = SocketHandlers(self.bridge, self.sockets, self.stuck)
+        self.loop_lag = LoopLag(threshold=self.bridge.settings.saturated_loop_lag)
         self.probes = Probes(self)
-        self.metrics = make_registry(self.bridge, self.extra_metrics)
+        self.metrics = make_registry(self.bridge, self.extra_metrics, self.loop_lag)
 
     def extra_metrics(self) -> dict[str, float]:
         return {
