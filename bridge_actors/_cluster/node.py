@@ -181,6 +181,15 @@ class ClusterNode:
             self.connected = True
             self.heartbeats += 1
 
+    async def publish(self) -> None:
+        """A heartbeat now (after a create), or RedisUnavailable: the next beat lists it then."""
+        try:
+            await self.beat()
+        except BaseException as exc:
+            if not _is_redis_failure(exc):
+                raise
+            raise RedisUnavailable(f"Redis at {self.redis_url} failed: {exc!r}") from exc
+
     async def _sweep_left_behind(self, client: coredis.Redis, entries: dict) -> None:
         """After a restart: forget entries this instance owned that it did not re-adopt."""
         raw = await client.hgetall(SESSIONS_KEY)

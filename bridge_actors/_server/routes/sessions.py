@@ -87,7 +87,7 @@ async def _publish(state: AppState) -> None:
     here the heartbeat lists it later."""
     assert state.cluster is not None
     with contextlib.suppress(RedisUnavailable):
-        await state.cluster.beat()
+        await state.cluster.publish()
 
 
 async def _refused_creation(state: AppState) -> Response | None:
