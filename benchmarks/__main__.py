@@ -338,6 +338,11 @@ async def run(args: argparse.Namespace, reporter: Reporter, results: Results, lo
 
 def main(argv: list[str] | None = None) -> int:
     """Run one scenario (or the standard set); 0 when every scenario ran, 1 when one could not."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["scaleout"]:  # several processes of its own: its own runner
+        from ._scaleout import main as scaleout
+
+        return scaleout(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.scenario == "standard":

@@ -183,7 +183,12 @@ class Bridge:
         )
         self.actions = ActionGate(per_minute=settings.actions_per_minute)
         self.store = SessionStore(settings.state_dir, check=session_record_problem)
-        self.registry = SessionRegistry(backends, self.store, on_session_end=self._session_ended)
+        self.registry = SessionRegistry(
+            backends,
+            self.store,
+            on_session_end=self._session_ended,
+            id_prefix=f"{settings.instance_id}-" if settings.redis_url else "",
+        )
         self.started = False
         self.draining = False
         self.final_statistics: ResourceStatistics | None = None

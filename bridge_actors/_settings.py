@@ -375,6 +375,37 @@ class Settings(pydantic.BaseModel):
         description="largest recording's video, in bytes; then it stops itself",
     )
 
+    # Several instances on one Redis (bridge_actors._cluster); off without a Redis URL.
+    redis_url: str | None = pydantic.Field(
+        None,
+        description="Redis URL (redis://host:port/db) shared by the instances of a cluster; "
+        "unset (the default) runs one instance on its own",
+    )
+    instance_id: str = pydantic.Field(
+        "bridge1",
+        pattern=r"^[A-Za-z0-9_]{1,32}$",
+        description="this instance's name in the cluster: letters, digits, '_'; it prefixes "
+        "the ids of the sessions it owns, so the proxy routes by session id",
+    )
+    advertised_url: str | None = pydantic.Field(
+        None,
+        description="the URL other instances and the proxy reach this instance at "
+        "(default http://host:port as bound)",
+    )
+    cluster_lease: float = pydantic.Field(
+        10.0, gt=0, description="seconds an instance stays listed after its last heartbeat"
+    )
+    cluster_heartbeat: float = pydantic.Field(
+        2.0, gt=0, description="seconds between an instance's heartbeats to Redis"
+    )
+    # Event-loop lag as the load signal (bridge_actors._services.looplag).
+    saturated_loop_lag: float = pydantic.Field(
+        0.25,
+        gt=0,
+        description="seconds of event-loop lag (p99 over the last 30 s) above which /readyz "
+        "answers 503 saturated and the cluster places new sessions elsewhere",
+    )
+
     @pydantic.model_validator(mode="wrap")
     @classmethod
     def _raise_invalid_settings(

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._bridge import Bridge
+from .._services.looplag import LoopLag
 from .._services.warden import WardenTier
 
 __all__ = ["CONTENT_TYPE", "BridgeCollector", "render_metrics"]
@@ -46,6 +47,11 @@ class BridgeCollector(Collector):
             " device could not be deleted.",
             len(stats.sessions.held),
         )
+        instance = GaugeMetricFamily(
+            "bridge_instance_info", "The instance answering this scrape.", labels=["instance"]
+        )
+        instance.add_metric([self._bridge.settings.instance_id], 1)
+        yield instance
         yield from self._connections(stats)
         yield from self._captures(stats)
         yield from self._h264(stats)
@@ -239,11 +245,36 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 
 def make_registry(
-    bridge: Bridge, extra: Callable[[], Mapping[str, float]] | None = None
+    bridge: Bridge,
+    extra: Callable[[], Mapping[str, float]] | None = None,
+    loop_lag: LoopLag | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BridgeCollector(bridge, extra))
+    if loop_lag is not None:
+        registry.register(LoopLagCollector(loop_lag))
     return registry
+
+
+class LoopLagCollector(Collector):
+    """The event loop's lateness (p50, p99 over its window) and whether it counts as saturated."""
+
+    def __init__(self, loop_lag: LoopLag) -> None:
+        self._loop_lag = loop_lag
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._loop_lag.statistics()
+        lag = GaugeMetricFamily(
+            "bridge_event_loop_lag_seconds",
+            "How late the event loop wakes a task, over a sliding window.",
+            labels=["quantile"],
+        )
+        lag.add_metric(["0.5"], stats.p50)
+        lag.add_metric(["0.99"], stats.p99)
+        yield lag
+        yield _gauge(
+            "bridge_saturated", "1 while the loop lag's p99 is above its setting.", stats.saturated
+        )
 
 
 def render_metrics(registry: CollectorRegistry) -> bytes:

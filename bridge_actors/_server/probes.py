@@ -76,6 +76,11 @@ class Probes:
             reasons.append("draining")
         if not bridge.warden.ready:
             reasons.append("memory critical")
+        if self.state.loop_lag.saturated:
+            reasons.append("saturated")
+        cluster = self.state.cluster
+        if cluster is not None and not cluster.connected:
+            reasons.append("redis unavailable")
         if reasons:
             return {"status": "not_ready", "reasons": reasons}, 503
         return {"status": "ready"}, 200

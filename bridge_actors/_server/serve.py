@@ -34,6 +34,7 @@ from .._checks import one_exception
 from .._settings import Settings
 from .app import create_app
 from .authz import effective_mode
+from .cluster import start_cluster_node
 from .probes import ProbeFastPath
 from .state import app_state
 from .tokens import TokenStore
@@ -216,7 +217,10 @@ async def serve(
             nursery.start_soon(server.reap)
             await nursery.start(app_state(app).stuck.run)
             nursery.start_soon(reload_tokens_on_sighup, app_state(app).gate.tokens)
+            await nursery.start(app_state(app).loop_lag.run)
             await nursery.start(partial(server.run_hypercorn, hypercorn_config(settings)))
+            url = f"http://{_url_host(bound_host)}:{bound_port}"
+            await start_cluster_node(nursery, app_state(app), url)
             log.debug("listening on http://%s:%d", _url_host(bound_host), bound_port)
             task_status.started((bound_host, bound_port))
             try:

@@ -14,6 +14,8 @@ from quart import current_app
 from quart_trio import QuartTrio
 
 from .._bridge import Bridge
+from .._cluster import ClusterNode, GlobalWindow
+from .._services.looplag import LoopLag
 from .._services.ratelimit import SlidingWindow
 from . import wsclose
 from .abort import StuckSockets
@@ -39,11 +41,14 @@ class AppState:
     stuck: StuckSockets = dataclasses.field(default_factory=StuckSockets)
     creations_refused: int = 0
     bodies_too_large: int = 0
+    cluster: ClusterNode | None = None  # with BRIDGE_REDIS_URL, once serve joined the cluster
+    cluster_creations: GlobalWindow | None = None  # creations per client address, cluster-wide
     creations: SlidingWindow = dataclasses.field(init=False)
     uploads: UploadSlots = dataclasses.field(init=False)
     gate: Gatekeeper = dataclasses.field(init=False)
     handlers: SocketHandlers = dataclasses.field(init=False)
     probes: Probes = dataclasses.field(init=False)
+    loop_lag: LoopLag = dataclasses.field(init=False)
     metrics: CollectorRegistry = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,8 +58,9 @@ class AppState:
         self.gate = Gatekeeper(self.bridge.settings)
         self.handlers = SocketHandlers(self.bridge, self.sockets, self.stuck)
         self.handlers.admit_control = functools.partial(admit_control, self.gate)
+        self.loop_lag = LoopLag(threshold=self.bridge.settings.saturated_loop_lag)
         self.probes = Probes(self)
-        self.metrics = make_registry(self.bridge, self.extra_metrics)
+        self.metrics = make_registry(self.bridge, self.extra_metrics, self.loop_lag)
         self.metrics.register(AuthCollector(self.gate))
 
     def extra_metrics(self) -> dict[str, float]:

@@ -335,6 +335,9 @@ class SocketHandlers:
         self.admit_control: Callable[[str, object], str | None] = lambda _sid, _event: None
         self.h264_messages = H264Messages()
         self.webrtc_viewers = WebRTCViewers(bridge.settings)
+        # In a cluster: why a session this instance does not hold is not here (owned by
+        # another instance, or lost with it), for the 4004's reason; None if unknown.
+        self.whereabouts: Callable[[str], Awaitable[str | None]] | None = None
 
     async def _serve(self, kind: str, session_id: str, body: Body) -> None:
         ws = websocket._get_current_object()
@@ -357,6 +360,8 @@ class SocketHandlers:
                     mapped = close_for(exc)
                     if mapped is None:
                         raise
+                    if mapped.code == NOT_FOUND and self.whereabouts is not None:
+                        mapped = await self._located(session_id, mapped)
                     if not mapped.expected:
                         log.exception("%s socket of session %s failed", kind, session_id)
                     close = mapped
@@ -372,6 +377,14 @@ class SocketHandlers:
         finally:
             finished.set()
         await _close(ws, close)
+
+    async def _located(self, session_id: str, close: Close) -> Close:
+        assert self.whereabouts is not None
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            reason = await self.whereabouts(session_id)
+            if reason is not None:
+                return Close(NOT_FOUND, close_reason(reason))
+        return close
 
     # -- video --
 

@@ -294,8 +294,11 @@ class SessionRegistry:
         *,
         on_session_end=None,
         restore_backoff: Backoff | None = None,
+        id_prefix: str = "",
     ) -> None:
         self._backends = backends
+        # In a cluster the owner's name leads every id, so a proxy routes by id alone.
+        self._id_prefix = id_prefix
         self._store = store
         self._on_session_end = on_session_end
         self._restore_backoff = restore_backoff or Backoff(RESTORE_RETRY_INITIAL, RESTORE_RETRY_MAX)
@@ -367,7 +370,7 @@ class SessionRegistry:
     async def _create(self, device_type: str, ios_version: str) -> Session:
         backend = await self._backend_for(device_type)
         device = await backend.create_device(device_type, ios_version)
-        session = await self._start(secrets.token_hex(16), device, backend)
+        session = await self._start(self._id_prefix + secrets.token_hex(16), device, backend)
         self.created += 1
         log.info("created session %s (%s, %s)", session.session_id, device_type, ios_version)
         await self.save()

@@ -14,6 +14,7 @@ from quart import Blueprint, Response
 from ..._errors import SessionNotFound
 from .. import views
 from ..authz import requires
+from ..cluster import cluster_list_items, remote_entry
 from ..guard import caller_sees
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import render_metrics
@@ -53,7 +54,12 @@ async def stats() -> dict[str, Any]:
         "auth": state.gate.statistics(),
         "webrtc": await state.handlers.webrtc_viewers.statistics_document(),
     }
-    return views.stats_document(state.bridge.statistics(), server)
+    document = views.stats_document(state.bridge.statistics(), server)
+    document["instance"] = state.bridge.settings.instance_id
+    document["event_loop_lag"] = views.plain(state.loop_lag.statistics())
+    if state.cluster is not None:
+        document["cluster"] = views.plain(state.cluster.statistics())
+    return document
 
 
 @monitoring.get("/metrics")
@@ -68,11 +74,10 @@ async def metrics() -> Response:
 @requires("watch")
 async def status_all() -> dict[str, Any]:
     """Every session, as the ios-bridge status page lists them."""
-    sessions = [
-        views.session_list_item(s)
-        for s in current_state().bridge.list_sessions()
-        if caller_sees(s.session_id)
-    ]
+    state = current_state()
+    local = [views.session_list_item(s) for s in state.bridge.list_sessions()]
+    everywhere = await cluster_list_items(state, local)
+    sessions = [item for item in everywhere if caller_sees(item["session_id"])]
     return {
         "total_sessions": len(sessions),
         "sessions": sessions,
@@ -87,9 +92,20 @@ async def status_one(session_id: str) -> dict[str, Any]:
 
     An unknown session is a 200 whose body holds ``"error"`` and ``"status_code": 404``,
     as the compatible clients expect."""
+    state = current_state()
     try:
-        session = current_state().bridge.get_session(session_id)
+        session = state.bridge.get_session(session_id)
     except SessionNotFound:
+        entry = await remote_entry(state, session_id)
+        if entry is not None:
+            return {
+                "session_id": session_id,
+                "udid": entry.info.get("udid"),
+                "simulator_accessible": entry.state not in ("lost", "Shutdown"),
+                "session_info": dict(entry.info),
+                "status": entry.info.get("status"),
+                "instance": entry.owner,
+            }
         # The compatible clients read this as a 200 with an error inside.
         return {"error": "Session not found", "status_code": 404}
     await session.refresh()  # this route is the client's "is it up now?": ask first

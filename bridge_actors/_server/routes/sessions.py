@@ -6,15 +6,18 @@ are :mod:`..views`, the checks :mod:`..fields`, the errors the app's handlers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
+from ..._cluster import RedisUnavailable
 from ..._errors import RateLimited, SessionNotFound
 from .. import views
 from ..authz import requires
+from ..cluster import cluster_list_items, place_session, remote_entry
 from ..fields import CreateSessionBody, force_flag, request_fields, session_request
 from ..forwarded import connection_client
 from ..guard import caller_sees
@@ -50,21 +53,72 @@ async def create_session() -> tuple[dict[str, Any], int] | Response:
     Rate limited per client address (429 with ``retry_after``)."""
     state = current_state()
     fields = await request_fields()
+    if state.cluster is not None:
+        elsewhere = await _placed_elsewhere(state, fields)
+        if elsewhere is not None:
+            return elsewhere
     device_type, ios_version = session_request(fields, await state.bridge.configurations())
-    refusal = _refused_creation(state)
+    refusal = await _refused_creation(state)
     if refusal is not None:
         return refusal
     session = await state.bridge.create_session(device_type, ios_version)
+    if state.cluster is not None:
+        await _publish(state)
     info = views.session_info(session)
     body = {"success": True, "session_id": session.session_id, "session_info": info}
     return body, 200
 
 
-def _refused_creation(state: AppState) -> Response | None:
-    """The 429 answer if this client address created too many sessions lately, else None."""
-    client = connection_client(request, state.bridge.settings.trusted_proxies)
+async def _placed_elsewhere(state: AppState, fields: dict[str, Any]) -> Response | None:
+    """In a cluster: 503 without Redis, a 307 to the instance that should host the
+    session, or None to create it here."""
+    device_type = fields.get("device_type")
     try:
-        state.creations.consume(client, trio.current_time())
+        target = await place_session(state, device_type if isinstance(device_type, str) else "")
+    except RedisUnavailable as exc:
+        body = {
+            "success": False,
+            "detail": f"cannot create sessions while the cluster directory is unavailable ({exc})",
+        }
+        return json_response(body, 503, {"Retry-After": "5"})
+    if target is None:
+        return None
+    return redirect_response(f"{target.url.rstrip('/')}/api/sessions/create", 307)
+
+
+async def _publish(state: AppState) -> None:
+    """List a new session in the directory now, not at the next heartbeat; if Redis fails
+    here the heartbeat lists it later."""
+    assert state.cluster is not None
+    with contextlib.suppress(RedisUnavailable):
+        await state.cluster.publish()
+
+
+async def _refused_creation(state: AppState) -> Response | None:
+    """The 429 answer if this client address created too many sessions lately, else None.
+
+    In a cluster the count is the whole cluster's (a Lua script in Redis); the local
+    window still answers first, without a round trip, when it alone already refuses:
+    it never counts more than the cluster does."""
+    client = connection_client(request, state.bridge.settings.trusted_proxies)
+    now = trio.current_time()
+    try:
+        wait = state.creations.retry_after(client, now)
+        if wait > 0:
+            raise RateLimited(wait)
+        if state.cluster_creations is not None:
+            try:
+                wait = await state.cluster_creations.take(client)
+            except RedisUnavailable as exc:
+                detail = (
+                    f"cannot count creations while the cluster directory is unavailable ({exc})"
+                )
+                return json_response(
+                    {"success": False, "detail": detail}, 503, {"Retry-After": "5"}
+                )
+            if wait > 0:
+                raise RateLimited(wait)
+        state.creations.consume(client, now)
     except RateLimited as refusal:
         state.creations_refused += 1
         wait = max(1, math.ceil(refusal.retry_after))
@@ -91,16 +145,15 @@ async def sessions_without_slash() -> Response:
 @requires("watch")
 async def list_sessions() -> dict[str, Any]:
     """Every session, held ones (not running: unrestored, delete failed) included."""
-    bridge = current_state().bridge
-    items = [
-        views.session_list_item(s) for s in bridge.list_sessions() if caller_sees(s.session_id)
-    ]
-    items += [
-        views.held_session_list_item(held)
-        for held in bridge.list_held_sessions()
-        if caller_sees(held.session_id)
-    ]
-    return {"success": True, "sessions": items}
+    state = current_state()
+    bridge = state.bridge
+    items = [views.session_list_item(s) for s in bridge.list_sessions()]
+    items += [views.held_session_list_item(held) for held in bridge.list_held_sessions()]
+    everywhere = await cluster_list_items(state, items)
+    return {
+        "success": True,
+        "sessions": [item for item in everywhere if caller_sees(item["session_id"])],
+    }
 
 
 @sessions.delete("/api/sessions/")
@@ -126,8 +179,17 @@ async def recover_orphaned() -> dict[str, Any]:
 @sessions.get("/api/sessions/<session_id>")
 @requires("watch")
 async def session_info(session_id: str) -> dict[str, Any]:
-    """One session, with its device size."""
-    info = views.session_info(current_state().bridge.get_session(session_id))
+    """One session, with its device size (another instance's from the directory)."""
+    state = current_state()
+    try:
+        info = views.session_info(state.bridge.get_session(session_id))
+        if state.cluster is not None:
+            info["instance"] = state.cluster.instance_id
+    except SessionNotFound:
+        entry = await remote_entry(state, session_id)
+        if entry is None:
+            raise
+        info = dict(entry.info)
     return {
         "success": True,
         "session": info,
@@ -144,4 +206,8 @@ async def delete_session(session_id: str) -> tuple[dict[str, Any], int]:
         await current_state().bridge.delete_session(session_id, force=force_flag())
     except SessionNotFound:
         return {"success": False, "detail": "Session not found"}, 404
+    cluster = current_state().cluster
+    if cluster is not None:
+        with contextlib.suppress(RedisUnavailable):
+            await cluster.forget(session_id)
     return {"success": True, "message": f"Session {session_id} deleted"}, 200
