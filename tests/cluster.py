@@ -125,6 +125,8 @@ def running_instances(
             "BRIDGE_STATE_DIR": str(state_dir),
             "BRIDGE_INITIAL_SESSION": "false",
             "BRIDGE_TRUSTED_PROXIES": "127.0.0.1",
+            # Requests arrive through nginx with its Host (another port): any port of these names.
+            "BRIDGE_SERVER_NAMES": "127.0.0.1,localhost",
             "BRIDGE_FPS": "5",
             "BRIDGE_SHUTDOWN_GRACE": "2",
             # A loaded test machine lags; placement by saturation is not what these test.
