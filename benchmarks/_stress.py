@@ -149,41 +149,45 @@ async def flood(
     }
     spread = ["127.0.0.1"] + [f"127.0.0.{i}" for i in range(2, sources + 1)]
     interval = 2.0
-    async with ctx.server("flood", settings, devices=2) as server:
+    async with ctx.server("flood", settings, devices=2) as server, trio.open_nursery() as nursery:
         full, open_ = server.sessions[0], server.sessions[1]
         binary = fmt == "binary"
-        outcome: dict[str, Any] = {}
+        job = {
+            "mode": "flood",
+            "urls": [server.video_url(full, binary=binary), server.video_url(open_, binary=binary)],
+            "bursts": [{"at": b * interval, "attempts": attempts} for b in range(bursts)],
+            "sources": spread,
+            "hold_timeout": 2.0,
+        }
+        with ctx.reporter.task("flood attempts", total=bursts * attempts) as bar:
+            worker = await ctx.worker(
+                nursery, "flood", job,
+                on_progress=lambda w: bar.update(completed=w.progress.get("done", 0)),
+            )  # fmt: skip
+            try:
+                await worker.wait_for("ready", 60)
 
-        async def flood_them() -> None:
-            async with trio.open_nursery() as nursery:
-                job = {
-                    "mode": "flood",
-                    "urls": [server.video_url(full, binary=binary),
-                             server.video_url(open_, binary=binary)],
-                    "bursts": [{"at": b * interval, "attempts": attempts} for b in range(bursts)],
-                    "sources": spread,
-                    "hold_timeout": 2.0,
-                }  # fmt: skip
-                with ctx.reporter.task("flood attempts", total=bursts * attempts) as bar:
-                    worker = await ctx.worker(
-                        nursery, "flood", job,
-                        on_progress=lambda w: bar.update(completed=w.progress.get("done", 0)),
-                    )  # fmt: skip
-                    outcome.update(await worker.wait_for("result", 60 + bursts * interval))
+                async def flood_them() -> None:
+                    await worker.send({"cmd": "go"})
 
-        load = await viewer_load(
-            ctx,
-            server,
-            scenario="flood",
-            run="flood-held-viewers",
-            urls=viewer_urls(server, per_session, fmt),
-            fmt=fmt,
-            duration=bursts * interval + 3.0,
-            client=client,
-            params={"viewers": per_session},
-            during=flood_them,
-            settle=0.5,
-        )
+                load = await viewer_load(
+                    ctx,
+                    server,
+                    scenario="flood",
+                    run="flood-held-viewers",
+                    urls=viewer_urls(server, per_session, fmt),
+                    fmt=fmt,
+                    duration=bursts * interval + 3.0,
+                    client=client,
+                    params={"viewers": per_session},
+                    during=flood_them,
+                    settle=0.5,
+                )
+                # The bursts began with the held viewers' window; their answers may come later.
+                outcome = await worker.wait_for("result", 60 + bursts * interval)
+            finally:
+                worker.kill()
+        nursery.cancel_scope.cancel()
     tries = outcome.get("attempts", [])
     kinds = Counter(t["outcome"] for t in tries)
     refused = [t for t in tries if t["outcome"] == "refused"]
