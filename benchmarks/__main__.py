@@ -6,9 +6,11 @@ connections, idle connections, and the server's descriptors after each),
 rounds (rounds of video viewers that never read; the server's RSS after each),
 auth (connect-to-first-frame and REST latency with auth none against token),
 h264 (the H.264 stream beside the JPEG one: bytes, PSNR, encoder and server CPU,
-join time), webrtc (aiortc peers of one device: how many hold >= 95% of frames, server CPU
-per peer), record (N viewers with and without a recording of their device: their frame
-share and p99, the recorder's CPU per second of video), and ``standard`` (the set whose
+join time), capacity (the largest viewer count of one device holding >= 95% of frames
+at p99 <= 100 ms, for each of ``--formats``, side by side in one run), webrtc (aiortc
+peers of one device: how many hold >= 95% of frames, server CPU per peer), record (N
+viewers with and without a recording of their device: their frame share and p99, the
+recorder's CPU per second of video), and ``standard`` (the set whose
 results RESULTS.md holds). By default each scenario
 starts its own server (``bridge-actors serve``, simulated backend, a free port
 on 127.0.0.1, a temporary state directory); ``--url`` points the load at a
@@ -39,7 +41,7 @@ from ._server import TargetRefused, check_url, raise_descriptor_limit, raise_har
 
 SCENARIOS = (
     "fanout", "churn", "flood", "slow", "control", "soak", "ceiling", "memory", "http", "rounds",
-    "auth", "h264", "webrtc", "record", "standard",
+    "auth", "h264", "webrtc", "record", "capacity", "standard",
 )  # fmt: skip
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 STANDARD_FANOUT = [1, 10, 50, 100, 200]
@@ -56,6 +58,16 @@ def _counts(text: str) -> list[int]:
     if not counts or any(n < 1 for n in counts):
         raise argparse.ArgumentTypeError(f"{text!r}: viewer counts must be positive integers")
     return counts
+
+
+def _formats(text: str) -> list[str]:
+    formats = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [f for f in formats if f not in ("json", "binary", "h264")]
+    if not formats or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: formats are a comma-separated list of json, binary, h264"
+        )
+    return formats
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -137,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices", type=_positive(int), default=1, help="fanout: devices to spread over"
     )
     load.add_argument("--duration", type=_positive(float), default=10.0, help="measured seconds")
+    load.add_argument(
+        "--formats",
+        type=_formats,
+        default=["binary", "h264"],
+        help="capacity: formats to compare (default binary,h264)",
+    )
     load.add_argument("--no-ceiling", action="store_true", help="fanout: skip the ceiling runs")
     load.add_argument("--cycles", type=_positive(int), default=10_000, help="churn cycles")
     load.add_argument("--concurrency", type=_positive(int), default=32, help="churn cycles at once")
@@ -299,6 +317,11 @@ def plan(ctx: Context, args: argparse.Namespace) -> Plan:
         "auth": (
             budget(args.connects * 0.2 + 30),
             partial(_auth.auth, ctx, connects=args.connects),
+        ),
+        "capacity": (
+            budget(len(counts) * len(args.formats) * (d + 20)),
+            partial(_scenarios.capacity, ctx, counts=counts, formats=args.formats, duration=d,
+                    client=viewer_client),
         ),
         "webrtc": (
             budget(sum(60 + 2 * n + 2 + d for n in (args.peers or WEBRTC_PEERS)) + 30),

@@ -172,6 +172,79 @@ async def _fanout_targets(ctx: Context, n: int, fmt: str, outcome: LoadOutcome) 
     await ctx.results.add_targets(*targets)
 
 
+HELD_SHARE = 0.95
+HELD_P99_MS = 100.0
+DEVICE_FPS = 30  # the simulated device's rate in the servers the harness starts
+
+
+def holds_the_stream(aggregate: dict[str, Any], viewers: int, fps: float = DEVICE_FPS) -> bool:
+    """Every one of ``viewers`` streamed and got >= 95% of the device's frames (so the
+    capture itself kept >= 95% of its rate, and each viewer >= 95% of what it made),
+    with p99 latency <= 100 ms."""
+    every = aggregate["fraction_min"] if aggregate["streaming_viewers"] == viewers else None
+    p99, made = aggregate["latency_p99_ms"], aggregate["source_fps"]
+    return (
+        every is not None
+        and made is not None
+        and every * min(1.0, made / fps) >= HELD_SHARE
+        and p99 is not None
+        and p99 <= HELD_P99_MS
+    )
+
+
+async def capacity(
+    ctx: Context,
+    *,
+    counts: list[int],
+    formats: list[str],
+    duration: float = 10.0,
+    client: str = "lean",
+) -> None:
+    """The largest viewer count of one device that holds the stream, for each format.
+
+    Counts are tried in ascending order against one server, each format in turn
+    (so the formats share the machine's state); a format stops at its first count
+    that does not hold: a larger one would only take longer to fail."""
+    counts = sorted(counts)
+    settings = {
+        "max_connections_per_session": counts[-1] + 50,
+        "max_connections_per_minute": MANY,
+        "max_connections": max(2000, counts[-1] + 100),
+    }
+    largest: dict[str, int | None] = {}
+    tried: dict[str, list[dict[str, Any]]] = {}
+    async with ctx.server("capacity", settings) as server:
+        for fmt in formats:
+            largest[fmt] = None
+            tried[fmt] = []
+            for n in counts:
+                run = f"capacity-{n}-{fmt}"
+                outcome = await viewer_load(
+                    ctx, server, scenario="capacity", run=run, urls=viewer_urls(server, n, fmt),
+                    fmt=fmt, duration=duration, client=client, params={"viewers": n},
+                )  # fmt: skip
+                a = outcome.aggregate
+                held = holds_the_stream(a, n)
+                tried[fmt].append({
+                    "viewers": n, "held": held, "fraction_min": a["fraction_min"],
+                    "latency_p99_ms": a["latency_p99_ms"], "server_cpu_util": a["server_cpu_util"],
+                    "streaming_viewers": a["streaming_viewers"], "source_fps": a["source_fps"],
+                })  # fmt: skip
+                if not held:
+                    break
+                largest[fmt] = n
+    await ctx.results.add_figures(
+        "capacity", "capacity",
+        {"largest_holding": largest, "tried": tried, "share": HELD_SHARE, "p99_ms": HELD_P99_MS},
+    )  # fmt: skip
+    # The target is the H.264 stream's; the other formats' counts stand beside it for comparison.
+    if "h264" in largest:
+        await ctx.results.add_targets(
+            at_least("capacity", "h264: largest viewer count holding >= 95% at p99 <= 100 ms",
+                     largest["h264"] or 0, 1000, " viewers", 0)
+        )  # fmt: skip
+
+
 async def ceiling_only(
     ctx: Context, *, counts: list[int], fmt: str, duration: float, client: str
 ) -> None:

@@ -20,6 +20,7 @@ import trio
 from benchmarks import __main__ as bench
 from benchmarks._figures import summarize_viewers
 from benchmarks._report import Reporter, Results
+from benchmarks._scenarios import holds_the_stream
 from benchmarks._server import TargetRefused, check_url
 from benchmarks._stall import StallTrace, TcpEntry, parse_proc_net_tcp
 from benchmarks._stats import Histogram, quantile, source_span
@@ -360,6 +361,44 @@ def test_h264_compares_both_streams_in_one_run(h264_run):
     joins = [r for r in rows if r["table"] == "h264: join to first decoded frame"]
     assert {r["policy"] for r in joins} == {"JPEG", "idr", "gop", "idr_or_gop"}
     assert all(r["failed"] == 0 and r["first_p50_ms"] is not None for r in joins)
+
+
+def test_holding_the_stream_needs_every_viewer_at_95_percent_within_100_ms():
+    def aggregate(fraction_min, p99, streaming=3, made=30.0):
+        return {"fraction_min": fraction_min, "latency_p99_ms": p99,
+                "streaming_viewers": streaming, "source_fps": made}  # fmt: skip
+
+    assert holds_the_stream(aggregate(0.95, 100.0), 3)
+    assert not holds_the_stream(aggregate(0.949, 20.0), 3)
+    assert not holds_the_stream(aggregate(1.0, 100.1), 3)
+    assert not holds_the_stream(aggregate(1.0, 20.0, streaming=2), 3)  # one never streamed
+    assert not holds_the_stream(aggregate(None, None, streaming=0), 3)
+    # Every frame the capture made, but the capture fell behind its rate: not held.
+    assert not holds_the_stream(aggregate(1.0, 20.0, made=24.0), 3)
+    assert holds_the_stream(aggregate(1.0, 20.0, made=28.5), 3)
+    assert holds_the_stream(aggregate(0.96, 20.0, made=31.0), 3)
+
+
+def test_capacity_ramps_each_format_and_reports_its_largest_holding_count(tmp_path):
+    """On its own: an H.264 encoder beside the other scenarios would skew their timing."""
+    command = [sys.executable, "-m", "benchmarks", "capacity", "--viewers", "3,1",
+               "--formats", "binary,h264", "--duration", "0.5", "--quick", "--no-progress",
+               "--no-plots", "--output", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout.decode()[-3000:]
+    (path,) = tmp_path.glob("capacity-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    (figures,) = [r for r in records if r["kind"] == "figures"]
+    assert set(figures["largest_holding"]) == {"binary", "h264"}
+    for fmt, tried in figures["tried"].items():
+        assert [t["viewers"] for t in tried] == [1, 3][: len(tried)]  # ascending, stops at a miss
+        assert all(t["held"] for t in tried[:-1])
+        held = [t["viewers"] for t in tried if t["held"]]
+        assert figures["largest_holding"][fmt] == (held[-1] if held else None)
+    loads = {r["run"] for r in records if r["kind"] == "run"}
+    assert {"capacity-1-binary", "capacity-1-h264"} <= loads
+    (target,) = [r for r in records if r["kind"] == "target"]
+    assert target["name"].startswith("h264: largest viewer count")
 
 
 def test_rounds_records_the_rss_after_each_round(runs):
