@@ -98,6 +98,7 @@ class ResourceStatistics:
     warden: WardenStatistics
     client_connections: int
     client_disconnections: int
+    webrtc_peers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +443,9 @@ class Bridge:
             warden=self.warden.statistics(),
             client_connections=self.client_connections,
             client_disconnections=self.client_disconnections,
+            webrtc_peers=sum(
+                c.kind == "webrtc" for s in self.registry.sessions() for c in s.connections.values()
+            ),
         )
 
     def statistics(self) -> BridgeStatistics:

@@ -1,7 +1,7 @@
 """The ios-bridge JSON shapes, built from the plain values the services report.
 
 The compatible clients read these bodies key by key, so their keys, their order
-and their placeholders (``pid``, ``installed_apps``, ``webrtc_services``) are
+and their placeholders (``pid``, ``installed_apps``) are
 part of the API (docs/protocol.md). The services know nothing of them: a session
 reports what it is, the bridge reports its statistics, and the functions here
 turn those into what an ios-bridge client expects.
@@ -142,8 +142,7 @@ def resource_manager(stats: ResourceStatistics) -> dict[str, Any]:
     pool, warden = stats.pool, stats.warden
     return {
         "video_services": pool.services,
-        # ios-bridge counts its WebRTC services here; this server runs none.
-        "webrtc_services": 0,
+        "webrtc_services": stats.webrtc_peers,
         "total_clients": pool.viewers,
         "metrics": {
             "services_created": pool.services_created,
