@@ -8,8 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import running_server
-from test_web_viewer import CHROMIUM_ARGS, BrowserThread, _chromium, _missing_requirement, text_of
+import trio
+from conftest import open_ws, running_server
+from test_web_viewer import (
+    CHROMIUM_ARGS,
+    BrowserThread,
+    _chromium,
+    _missing_requirement,
+    assert_near,
+    collect_log_messages,
+    text_of,
+    wait_for_logs,
+)
 from test_web_viewer_h264 import open_ui
 
 # Chromium leaves loopback out of ICE unless told, and hides host addresses behind
@@ -102,6 +112,36 @@ async def test_webrtc_mode_connects_and_renders_frames_on_a_video(
         assert stats["keyframe_requests"] >= 1
         await ui(lambda page: page.screenshot(path=str(tmp_path / "webrtc.png"), full_page=True))
         assert ui.problems == []
+
+
+def click_video(page, fx: float, fy: float) -> None:
+    video = page.locator("#device-video")
+    box = video.bounding_box()
+    video.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+
+
+async def test_a_click_on_the_webrtc_video_taps_the_device_where_it_landed(
+    browser: BrowserThread, tmp_path: Path
+) -> None:
+    async with (
+        running_server(tmp_path / "state") as server,
+        open_ws(server.ws_url(server.session_id, "logs")) as logs,
+        trio.open_nursery() as nursery,
+        open_ui(browser, server.url + "/?transport=webrtc") as ui,
+    ):
+        messages: list[str] = []
+        nursery.start_soon(collect_log_messages, logs, messages)
+        await ui(wait_long, "s.webrtcState === 'connected' && s.framesDecoded >= 3")
+        await ui.wait_for("s.controlStatus === 'open'")
+        await ui(click_video, 0.25, 0.75)
+        await ui.wait_for("s.acks >= 1")
+        assert (await ui.state())["errors"] == 0
+        device = server.bridge.get_session(server.session_id).device
+        (tap,) = await wait_for_logs(messages, [r"^tap at \((\d+), (\d+)\)"])
+        assert_near(tap[1], 0.25 * device.point_width)
+        assert_near(tap[2], 0.75 * device.point_height)
+        assert ui.problems == []
+        nursery.cancel_scope.cancel()
 
 
 async def test_webrtc_mode_without_rtcpeerconnection_says_so_and_falls_back(

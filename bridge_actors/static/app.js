@@ -682,39 +682,39 @@
 
     // -- input from the page --
 
-    pointFromClient(clientX, clientY) {
-      const rect = this.canvas.getBoundingClientRect();
-      const pixel = canvasPixel(clientX, clientY, rect, this.canvas.width, this.canvas.height);
-      return pixelToPoint(pixel, this.frame);
+    pointFromClient(clientX, clientY, surface = this.canvas) {
+      const rect = surface.getBoundingClientRect();
+      const { pixelWidth, pixelHeight } = this.frame;
+      return pixelToPoint(canvasPixel(clientX, clientY, rect, pixelWidth, pixelHeight), this.frame);
     }
 
-    bindInput() {
-      const canvas = this.canvas;
-      canvas.addEventListener("pointerdown", (event) => {
+    /** Taps, swipes and keys on an element showing the screen: the canvas, or WebRTC's video. */
+    bindSurface(surface) {
+      surface.addEventListener("pointerdown", (event) => {
         if (event.button !== 0 || !this.frame || state.controlStatus !== "open") return;
         event.preventDefault();
-        canvas.focus({ preventScroll: true });
-        canvas.setPointerCapture(event.pointerId);
+        surface.focus({ preventScroll: true });
+        surface.setPointerCapture(event.pointerId);
         this.drag = { x: event.clientX, y: event.clientY, at: performance.now(), id: event.pointerId };
       });
-      canvas.addEventListener("pointerup", (event) => {
+      surface.addEventListener("pointerup", (event) => {
         const drag = this.drag;
         this.drag = null;
         if (!drag || drag.id !== event.pointerId || !this.frame) return;
-        const start = this.pointFromClient(drag.x, drag.y);
+        const start = this.pointFromClient(drag.x, drag.y, surface);
         const moved = Math.hypot(event.clientX - drag.x, event.clientY - drag.y);
         if (moved < TAP_SLOP_PX) {
           this.tap(start);
         } else {
           const seconds = (performance.now() - drag.at) / 1000;
           const duration = Math.min(MAX_SWIPE_SECONDS, Math.max(MIN_SWIPE_SECONDS, seconds));
-          this.swipe(start, this.pointFromClient(event.clientX, event.clientY), duration);
+          this.swipe(start, this.pointFromClient(event.clientX, event.clientY, surface), duration);
         }
       });
-      canvas.addEventListener("pointercancel", () => {
+      surface.addEventListener("pointercancel", () => {
         this.drag = null;
       });
-      canvas.addEventListener("keydown", (event) => {
+      surface.addEventListener("keydown", (event) => {
         if (event.ctrlKey || event.metaKey || event.altKey || event.key === "Tab") return;
         if (state.controlStatus !== "open") return;
         const named = KEY_NAMES[event.key];
@@ -726,6 +726,10 @@
           this.text(event.key);
         }
       });
+    }
+
+    bindInput() {
+      this.bindSurface(this.canvas);
 
       for (const element of document.querySelectorAll("[data-button]")) {
         element.addEventListener("click", () => this.button(element.dataset.button));

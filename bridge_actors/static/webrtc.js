@@ -7,7 +7,9 @@
  * server's peer sends the access units of the device's one H.264 encoder, the
  * same for every viewer. The <video> takes the canvas's place while this mode
  * runs; the connection state is shown in the video badge and in
- * bridgeViewer.state.webrtcState. Without RTCPeerConnection, when the server
+ * bridgeViewer.state.webrtcState. Taps, swipes and keys on the <video> go to the
+ * control socket as they do on the canvas, in the device's points (from the session's
+ * size, turned with the picture). Without RTCPeerConnection, when the server
  * refuses the offer, or when no frame arrives within 10 s, the viewer says why
  * and goes back to JPEG.
  */
@@ -29,6 +31,7 @@
       this.answered = false;
       this.timers = [];
       this.bytes = 0;
+      this.points = null; // the device's upright size in points
     }
 
     state() {
@@ -69,6 +72,7 @@
       }
       this.canvas = canvas;
       this.video = this.makeVideo(canvas);
+      this.readPoints(sessionId, generation);
       this.setState("new");
       const { lib } = window.bridgeViewer;
       this.pc = new RTCPeerConnection({ iceServers: [] });
@@ -117,9 +121,37 @@
       Object.assign(video.style, {
         display: "block", maxWidth: "100%", maxHeight: "calc(100vh - 10rem)", borderRadius: "8px",
       });
+      video.tabIndex = 0;
+      video.style.touchAction = "none";
+      video.style.cursor = "crosshair";
       canvas.style.display = "none";
       canvas.after(video);
+      window.bridgeViewer.viewer.bindSurface(video);
       return video;
+    }
+
+    async readPoints(sessionId, generation) {
+      try {
+        const response = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`, {
+          cache: "no-store",
+        });
+        const info = await response.json();
+        if (generation !== this.generation || !response.ok) return;
+        this.points = { width: info.device_width, height: info.device_height };
+      } catch {
+        // Without the size no point can be computed: the video is shown, input waits.
+      }
+    }
+
+    /** The viewer's frame for input: the picture's pixels and the points they stand for. */
+    showFrame(video) {
+      if (!this.points || !video.videoWidth) return;
+      let { width, height } = this.points;
+      if (video.videoWidth > video.videoHeight !== width > height) [width, height] = [height, width];
+      window.bridgeViewer.viewer.frame = {
+        pixelWidth: video.videoWidth, pixelHeight: video.videoHeight,
+        pointWidth: width, pointHeight: height,
+      };
     }
 
     send(message) {
@@ -178,6 +210,7 @@
           document.getElementById("screen-placeholder").hidden = true;
           this.setState(this.pc.connectionState);
         }
+        this.showFrame(video);
         const size = `${video.videoWidth}×${video.videoHeight}`;
         document.getElementById("resolution").textContent = size;
         document.getElementById("frames-drawn").textContent = String(state.framesDrawn);
@@ -224,7 +257,7 @@
         this.video.remove();
       }
       if (this.canvas) this.canvas.style.display = "";
-      this.ws = this.pc = this.video = this.canvas = null;
+      this.ws = this.pc = this.video = this.canvas = this.points = null;
       this.pending = [];
       this.answered = false;
       this.bytes = 0;
