@@ -42,6 +42,15 @@ def viewer_urls(
     ]
 
 
+def limits_for(viewers: int) -> dict[str, int]:
+    """Server limits that let ``viewers`` of one session in at once and never get in their way."""
+    return {
+        "max_connections_per_session": viewers + 50,
+        "max_connections_per_minute": MANY,
+        "max_connections": max(2000, viewers + 100),
+    }
+
+
 def rounded(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -94,12 +103,7 @@ async def fanout(
 ) -> None:
     """N viewers on one device (or spread over ``devices``), each N against the ceiling too."""
     plan = formats or [(fmt, counts)]
-    largest = max(n for _, ns in plan for n in ns)
-    settings = {
-        "max_connections_per_session": largest + 50,
-        "max_connections_per_minute": MANY,
-        "max_connections": max(2000, largest + 100),
-    }
+    settings = limits_for(max(n for _, ns in plan for n in ns))
     async with AsyncExitStack() as stack:
         ceiling = await stack.enter_async_context(ctx.ceiling()) if with_ceiling else None
         server = await stack.enter_async_context(ctx.server("fanout", settings, devices))
@@ -174,10 +178,10 @@ async def _fanout_targets(ctx: Context, n: int, fmt: str, outcome: LoadOutcome) 
 
 HELD_SHARE = 0.95
 HELD_P99_MS = 100.0
-DEVICE_FPS = 30  # the simulated device's rate in the servers the harness starts
+DEFAULT_FPS = 30  # the server's capture rate unless its settings say otherwise
 
 
-def holds_the_stream(aggregate: dict[str, Any], viewers: int, fps: float = DEVICE_FPS) -> bool:
+def holds_the_stream(aggregate: dict[str, Any], viewers: int, fps: float = DEFAULT_FPS) -> bool:
     """Every one of ``viewers`` streamed and got >= 95% of the device's frames (so the
     capture itself kept >= 95% of its rate, and each viewer >= 95% of what it made),
     with p99 latency <= 100 ms."""
@@ -206,14 +210,11 @@ async def capacity(
     (so the formats share the machine's state); a format stops at its first count
     that does not hold: a larger one would only take longer to fail."""
     counts = sorted(counts)
-    settings = {
-        "max_connections_per_session": counts[-1] + 50,
-        "max_connections_per_minute": MANY,
-        "max_connections": max(2000, counts[-1] + 100),
-    }
+    settings = limits_for(counts[-1])
     largest: dict[str, int | None] = {}
     tried: dict[str, list[dict[str, Any]]] = {}
     async with ctx.server("capacity", settings) as server:
+        fps = float(server.settings.get("fps", DEFAULT_FPS))
         for fmt in formats:
             largest[fmt] = None
             tried[fmt] = []
@@ -224,7 +225,7 @@ async def capacity(
                     fmt=fmt, duration=duration, client=client, params={"viewers": n},
                 )  # fmt: skip
                 a = outcome.aggregate
-                held = holds_the_stream(a, n)
+                held = holds_the_stream(a, n, fps)
                 tried[fmt].append({
                     "viewers": n, "held": held, "fraction_min": a["fraction_min"],
                     "latency_p99_ms": a["latency_p99_ms"], "server_cpu_util": a["server_cpu_util"],

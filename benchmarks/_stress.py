@@ -15,7 +15,7 @@ import trio
 
 from ._harness import HealthSampler, MeterSampler, connection_balance, server_stats
 from ._load import Context, sample_rss, viewer_load
-from ._scenarios import MANY, MB, rounded, viewer_urls, wait_balanced
+from ._scenarios import MANY, MB, limits_for, rounded, viewer_urls, wait_balanced
 from ._server import ProcessMeter
 from ._stall import StalledViewers
 from ._stats import quantile
@@ -471,12 +471,7 @@ async def rounds(
     """``rounds`` times ``viewers`` video viewers that never read (a ``receive_buffer`` of
     4 KB), each round evicted, closed and gone; the server's RSS after each round against
     its RSS before the first (after a warm-up round of ``warmup`` such viewers)."""
-    settings = {
-        "max_connections_per_session": viewers + 50,
-        "max_connections_per_minute": MANY,
-        "max_connections": max(2000, viewers + 100),
-        "viewer_deadline": deadline,
-    }
+    settings = {**limits_for(viewers), "viewer_deadline": deadline}
     settle_limit = 4.0 if ctx.args.quick else 20.0
     async with ctx.server("rounds", settings) as server, trio.open_nursery() as nursery:
         meter = ProcessMeter(server.pid)

@@ -377,6 +377,9 @@ def test_holding_the_stream_needs_every_viewer_at_95_percent_within_100_ms():
     assert not holds_the_stream(aggregate(1.0, 20.0, made=24.0), 3)
     assert holds_the_stream(aggregate(1.0, 20.0, made=28.5), 3)
     assert holds_the_stream(aggregate(0.96, 20.0, made=31.0), 3)
+    # The rate is the server's own: 14.5 fps holds a 15 fps capture, not a 30 fps one.
+    assert holds_the_stream(aggregate(1.0, 20.0, made=14.5), 3, fps=15)
+    assert not holds_the_stream(aggregate(1.0, 20.0, made=14.5), 3)
 
 
 def test_capacity_ramps_each_format_and_reports_its_largest_holding_count(tmp_path):

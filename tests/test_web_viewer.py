@@ -203,11 +203,16 @@ def canvas_picture(page: Any) -> dict[str, Any]:
     )
 
 
+def click_at(page: Any, selector: str, fx: float, fy: float) -> None:
+    """Click an element at a fraction of its displayed size."""
+    element = page.locator(selector)
+    box = element.bounding_box()
+    element.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+
+
 def tap_canvas(page: Any, fx: float, fy: float) -> dict[str, float]:
     """Click the canvas at a fraction of its displayed size; returns the expected point."""
-    canvas = page.locator("#device-canvas")
-    box = canvas.bounding_box()
-    canvas.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    click_at(page, "#device-canvas", fx, fy)
     state = page.evaluate("window.bridgeViewer.state")
     return {"x": fx * state["pointWidth"], "y": fy * state["pointHeight"]}
 

@@ -16,6 +16,7 @@ from test_web_viewer import (
     _chromium,
     _missing_requirement,
     assert_near,
+    click_at,
     collect_log_messages,
     text_of,
     wait_for_logs,
@@ -114,12 +115,6 @@ async def test_webrtc_mode_connects_and_renders_frames_on_a_video(
         assert ui.problems == []
 
 
-def click_video(page, fx: float, fy: float) -> None:
-    video = page.locator("#device-video")
-    box = video.bounding_box()
-    video.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
-
-
 async def test_a_click_on_the_webrtc_video_taps_the_device_where_it_landed(
     browser: BrowserThread, tmp_path: Path
 ) -> None:
@@ -133,7 +128,7 @@ async def test_a_click_on_the_webrtc_video_taps_the_device_where_it_landed(
         nursery.start_soon(collect_log_messages, logs, messages)
         await ui(wait_long, "s.webrtcState === 'connected' && s.framesDecoded >= 3")
         await ui.wait_for("s.controlStatus === 'open'")
-        await ui(click_video, 0.25, 0.75)
+        await ui(click_at, "#device-video", 0.25, 0.75)
         await ui.wait_for("s.acks >= 1")
         assert (await ui.state())["errors"] == 0
         device = server.bridge.get_session(server.session_id).device
