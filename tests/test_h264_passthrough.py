@@ -113,7 +113,7 @@ async def test_stream_h264_emits_idbs_access_units_and_raises_when_idb_dies(tool
         async with trio.open_nursery() as nursery:
 
             async def stream() -> None:
-                with pytest.raises(DeviceError, match="H.264 stream .* stopped"):
+                with pytest.raises(DeviceError, match=r"H\.264 stream .* stopped"):
                     await backend.stream_h264(device, emit, fps=60)
 
             nursery.start_soon(stream)
@@ -130,7 +130,7 @@ async def test_stream_h264_that_sends_nothing_times_out(tools: FakeTools):
     tools.add_h264_stream()
     tools.behave(h264="silent")
     backend, device = ios(tools, command_timeout=0.5), our_device(tools)
-    with trio.fail_after(10), pytest.raises(DeviceError, match="no H.264"):
+    with trio.fail_after(10), pytest.raises(DeviceError, match=r"no H\.264"):
         await backend.stream_h264(device, lambda unit: None, fps=30)
 
 

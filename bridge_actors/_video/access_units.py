@@ -122,4 +122,3 @@ class AccessUnitSplitter:
         self._current = []
         self._current_has_slice = False
         return access_unit
-
