@@ -9,6 +9,7 @@ viewer watches, and back again, and survive the idb process being killed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 
@@ -20,11 +21,13 @@ from fakes import FakeTools, h264_clip
 from hypothesis import given
 from hypothesis import strategies as st
 from test_backends_server import IOS, IPHONE, create, serving
+from test_h264_flow import FPS, FakeCapture, encoder_pool
 from test_ios import ios, our_device
 
 from bridge_actors import DeviceError, parse_binary_header
 from bridge_actors._video.access_units import AccessUnitSplitter, starts_picture
-from bridge_actors._video.h264 import split_annexb
+from bridge_actors._video.h264 import join_annexb, split_annexb
+from bridge_actors._video.passthrough import JpegDemand, Passthrough
 
 # --- the access unit splitter (pure) ------------------------------------------------------------
 
@@ -226,3 +229,135 @@ async def test_never_keeps_the_encoder(tmp_path, ios_tools):
     assert headers[0]["keyframe"]
     assert stats["h264_source"] == "encoder" and stats["frames_passed_through"] == 0
     assert ios_tools.h264_pids() == []
+
+
+# --- the encoder service's passthrough, under a MockClock -------------------------------------
+
+SPS = bytes.fromhex("6742c01eda0641af9ae10000030001000003003c8f162ea0")
+PPS = bytes.fromhex("68ce0fc8")
+
+
+def relayed_unit(number: int, keyframe: bool, *, parameter_sets: bool = True) -> bytes:
+    slice_ = (b"\x65\x88" if keyframe else b"\x41\x9a") + b"%06d\x80" % number
+    leading = [SPS, PPS] if keyframe and parameter_sets else []
+    return join_annexb([*leading, slice_])
+
+
+def number_of(packet) -> int:
+    return int(split_annexb(packet.data)[-1][2:8])
+
+
+class FakeStream:
+    """A device's own H.264: access unit ``n`` every 1/30 s, an IDR every ``gop``."""
+
+    def __init__(self, gop: int, *, first: int = 0, fail_after: int | None = None) -> None:
+        self.gop, self.first, self.fail_after = gop, first, fail_after
+        self.runs = 0
+        self.running = False
+
+    async def __call__(self, emit) -> None:
+        self.runs += 1
+        self.running = True
+        try:
+            for number in itertools.count(self.first):
+                await trio.sleep(1 / FPS)
+                if self.fail_after is not None and number - self.first >= self.fail_after:
+                    raise DeviceError("idb: companion connection lost")
+                keyframe = number % self.gop == 0
+                # Only the first IDR carries SPS/PPS, as an encoder with global headers sends.
+                emit(relayed_unit(number, keyframe, parameter_sets=number - self.first < self.gop))
+        finally:
+            self.running = False
+
+
+def passthrough_of(stream: FakeStream, demand: JpegDemand | None = None) -> Passthrough:
+    return Passthrough("U", stream, demand or JpegDemand(), lambda: 7)
+
+
+async def take(feed, count: int) -> list:
+    with trio.fail_after(60):  # virtual seconds: a feed that never gets its packets fails
+        return [await feed.receive() for _ in range(count)]
+
+
+async def test_a_relayed_stream_starts_at_its_first_idr_and_joiners_get_the_gop(autojump_clock):
+    stream = FakeStream(gop=10, first=4)  # starts mid-GOP: 4..9 cannot be decoded
+    capture = FakeCapture()
+    async with encoder_pool(join="idr") as pool:
+        async with pool.subscribe("U", capture.subscribe, passthrough_of(stream)) as first:
+            packets = await take(first, 9)
+            assert [number_of(p) for p in packets] == list(range(10, 19))
+            assert packets[0].keyframe and not any(p.keyframe for p in packets[1:])
+            assert packets[0].input_seq == 7 and packets[0].frame_number == 1
+            async with pool.subscribe("U", capture.subscribe) as late:
+                assert not late.request_keyframe()  # idb's IDRs cannot be forced
+                replayed = await take(late, 10)
+            service = pool.get("U")
+            stats = service.statistics()
+        # Joined at 18: the GOP from 10, then live; the later IDR got the SPS/PPS put back.
+        assert [number_of(p) for p in replayed] == list(range(10, 20))
+        assert capture.subscriptions == 0
+        assert stats.h264_source == "passthrough" and stats.passthrough_dropped == 6
+        assert stats.frames_encoded == 0 and stats.frames_passed_through >= 10
+    units = split_annexb(relayed_unit(20, True, parameter_sets=False))
+    fixed = service._with_parameter_sets(join_annexb(units), units)
+    assert split_annexb(fixed)[:2] == [SPS, PPS]
+
+
+async def test_a_gop_too_long_to_keep_makes_joiners_wait_for_the_next_idr(autojump_clock):
+    stream = FakeStream(gop=10)
+    capture = FakeCapture()
+    async with (
+        encoder_pool(replay_max_frames=4) as pool,
+        pool.subscribe("U", capture.subscribe, passthrough_of(stream)) as first,
+    ):
+        await take(first, 6)  # 0..5: the GOP outgrew four frames
+        async with pool.subscribe("U", capture.subscribe) as late:
+            [packet] = await take(late, 1)
+    assert packet.keyframe and number_of(packet) == 10
+
+
+async def test_a_jpeg_viewer_switches_to_the_encoder_and_back_each_from_an_idr(autojump_clock):
+    demand = JpegDemand()
+    stream = FakeStream(gop=30)
+    capture = FakeCapture()
+    async with (
+        encoder_pool() as pool,
+        pool.subscribe("U", capture.subscribe, passthrough_of(stream, demand)) as feed,
+    ):
+        before = await take(feed, 5)
+        with demand.held("U"):
+            after = []
+            while not after or number_of_or_none(after[-1]) is not None:
+                after += await take(feed, 1)
+            encoded = after[-1]
+            after += await take(feed, 4)
+            assert not stream.running and pool.get("U").source == "encoder"
+        back = []
+        while not back or number_of_or_none(back[-1]) is None:
+            back += await take(feed, 1)
+        assert stream.runs == 2 and pool.get("U").statistics().source_switches == 2
+    assert all(number_of_or_none(p) is not None for p in before)
+    assert encoded.keyframe and all(number_of_or_none(p) is None for p in after[-4:])
+    assert back[-1].keyframe and number_of(back[-1]) == 0  # the new stream's first IDR
+    assert capture.subscriptions == 1
+
+
+def number_of_or_none(packet) -> int | None:
+    """The relayed stream's number of a packet, None for one the (fake) encoder made."""
+    payload = split_annexb(packet.data)[-1][2:8]
+    return int(payload) if payload.isdigit() else None
+
+
+async def test_a_stream_that_keeps_failing_leaves_the_encoder_in_charge(autojump_clock):
+    stream = FakeStream(gop=5, fail_after=3)
+    capture = FakeCapture()
+    async with (
+        encoder_pool(restart_max=2, restart_period=60.0, restart_backoff_initial=0.1) as pool,
+        pool.subscribe("U", capture.subscribe, passthrough_of(stream)) as feed,
+    ):
+        while number_of_or_none(packet := (await take(feed, 1))[0]) is not None:
+            pass
+        stats = pool.get("U").statistics()
+    assert packet.keyframe and stream.runs == 3
+    assert stats.h264_source == "encoder" and "crashed 3 times" in stats.passthrough_failure
+    assert stats.passthrough_restarts == 2
