@@ -58,12 +58,11 @@ async def measure(tools: FakeTools, mode: str, viewers: int, seconds: float, fps
         **os.environ,
         "PATH": f"{tools.dir}{os.pathsep}{os.environ['PATH']}",
         "BRIDGE_H264_PASSTHROUGH": mode,
-        "BRIDGE_MAX_CONNECTIONS_PER_SESSION": "1000",
-        "BRIDGE_MAX_CONNECTIONS_PER_MINUTE": "100000",
     }
     argv = [sys.executable, "-m", "bridge_actors", "serve", "--backend", "ios", "--port"]
     argv += [str(port), "--host", "127.0.0.1", "--fps", str(fps), "--state-dir", state]
     argv += ["--no-initial-session", "--log-level", "WARNING"]
+    argv += ["--max-connections-per-session", "1000", "--max-connections-per-minute", "100000"]
     server = await trio.lowlevel.open_process(argv, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
