@@ -50,6 +50,7 @@ from ._video.encoder import (
     EncoderStatistics,
     H264Feed,
 )
+from ._video.passthrough import H264Source, JpegDemand, Passthrough
 from ._video.recorder import (
     Recording,
     RecordingCaps,
@@ -161,10 +162,17 @@ class Bridge:
                 backlog=settings.h264_backlog,
                 feed_deadline=settings.viewer_deadline,
                 idle_timeout=settings.service_idle_timeout,
+                replay_max_frames=settings.h264_replay_max_frames,
+                replay_max_bytes=settings.h264_replay_max_bytes,
+                restart_max=settings.restart_max,
+                restart_period=settings.restart_period,
+                restart_backoff_initial=settings.restart_backoff_initial,
+                restart_backoff_max=settings.restart_backoff_max,
             ),
             video_encoder or _no_video_encoder,
             trio.CapacityLimiter(settings.h264_encode_threads),
         )
+        self.jpeg_demand = JpegDemand()
         self.recordings = RecordingPool(
             RecordingCaps(
                 max_seconds=settings.recording_max_seconds,
@@ -293,7 +301,7 @@ class Bridge:
         membership = Lifeline()
         session.adopt(membership)
         try:
-            with membership.held():
+            with membership.held(), self.jpeg_demand.held(session.device.udid):
                 async with self.pool.subscribe(
                     session.backend,
                     session.device,
@@ -328,10 +336,25 @@ class Bridge:
 
         try:
             with membership.held():
-                async with self.encoders.subscribe(session.device.udid, frames) as feed:
+                async with self.encoders.subscribe(
+                    session.device.udid, frames, self._passthrough(session)
+                ) as feed:
                     yield feed
         finally:
             session.release(membership)
+
+    def _passthrough(self, session: Session) -> Passthrough | None:
+        """How the session's device relays its own H.264, if its backend streams it."""
+        backend = session.backend
+        if self.settings.h264_passthrough == "never" or not isinstance(backend, H264Source):
+            return None
+        device, fps = session.device, self.settings.fps
+        return Passthrough(
+            udid=device.udid,
+            stream=lambda emit: backend.stream_h264(device, emit, fps=fps),
+            demand=self.jpeg_demand,
+            input_seq=lambda: session.applied_input_seq,
+        )
 
     async def start_recording(self, session_id: str) -> Recording:
         """Start recording the session's screen to MP4, as one more H.264 feed of its device.

@@ -406,6 +406,25 @@ class Settings(pydantic.BaseModel):
         "answers 503 saturated and the cluster places new sessions elsewhere",
     )
 
+    # H.264 passthrough: a device's own H.264 (ios: idb video-stream --format h264), relayed.
+    h264_passthrough: Literal["auto", "never"] = pydantic.Field(
+        "auto",
+        description="auto: relay a device's own H.264 undecoded while it has no JPEG viewer "
+        "(ios backend); never: always encode the JPEG capture",
+    )
+    h264_replay_max_frames: int = pydantic.Field(
+        300,
+        ge=1,
+        le=100000,
+        description="longest GOP kept to replay to a joining H.264 viewer, in frames; past it "
+        "joiners wait for the next keyframe",
+    )
+    h264_replay_max_bytes: int = pydantic.Field(
+        8_000_000,
+        ge=10_000,
+        description="largest GOP kept to replay to a joining H.264 viewer, in bytes",
+    )
+
     @pydantic.model_validator(mode="wrap")
     @classmethod
     def _raise_invalid_settings(

@@ -8,12 +8,14 @@ SIGTERM, spawn a helper of their own, or print garbage.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +356,8 @@ def idb():
             hang()
         if how == "fail":
             fail("idb: target is not booted")
+    elif ARGS[0] == "video-stream" and ARGS[ARGS.index("--format") + 1] == "h264":
+        h264_stream()
     elif ARGS[0] == "video-stream":
         how = BEHAVIOUR.get("stream", "frames")
         if how == "exit":
@@ -370,6 +374,13 @@ def idb():
             for start in range(0, len(data), 700):
                 out.write(data[start:start + 700])
                 out.flush()
+        while how == "loop":
+            for n in range(BEHAVIOUR.get("frames", 3)):
+                jpeg = open(path("frame%d.jpg" % n), "rb").read()
+                out.write(b"--BoundaryString\r\nContent-Type: image/jpeg\r\n")
+                out.write(b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n")
+                out.flush()
+                time.sleep(1 / int(ARGS[ARGS.index("--fps") + 1]))
         if how == "crash":
             out.write(b"\xff\xd8\xff\xe0 a frame cut short")
             out.flush()
@@ -379,8 +390,63 @@ def idb():
         fail("unknown idb command")
 
 
+def h264_stream():
+    """stream.h264 (access units of the sizes in stream.json) in a loop, one per 1/fps."""
+    append("h264.log", str(os.getpid()))
+    how = BEHAVIOUR.get("h264", "loop")
+    if how == "exit":
+        fail("idb: h264 streaming is not available")
+    if how == "silent":
+        hang()
+    data = open(path("stream.h264"), "rb").read()
+    sizes = load("stream.json")
+    period = 1 / int(ARGS[ARGS.index("--fps") + 1])
+    out = sys.stdout.buffer
+    out.write(b"\x00\x00")  # stray zeros before the first start code, as a pipe may carry
+    while True:
+        offset = 0
+        for size in sizes:
+            out.write(data[offset:offset + size])
+            out.flush()
+            offset += size
+            time.sleep(period)
+
+
 (xcrun if TOOL == "xcrun" else idb)()
 '''
+
+
+@functools.cache
+def h264_clip(width: int = 64, height: int = 128, frames: int = 30, gop: int = 10) -> tuple:
+    """Access units (Annex B) of a small moving picture from libx264, SPS/PPS on every IDR.
+
+    Deterministic: the same pictures and the same single-threaded x264 settings give the
+    same bytes, made once per test process.
+    """
+    import av
+
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = Fraction(1, 30)
+    codec.thread_count = 1
+    codec.options = {
+        "preset": "ultrafast",
+        "profile": "baseline",
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"
+        ":annexb=1:threads=1",
+    }
+    codec.open()
+    units = []
+    for n in range(frames):
+        rows = (np.arange(height)[:, None] + np.arange(width)[None, :] + 4 * n) % 256
+        picture = np.stack([rows, rows[::-1], np.full_like(rows, 8 * n % 256)], axis=-1)
+        frame = av.VideoFrame.from_ndarray(picture.astype(np.uint8), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = n
+        units += [bytes(packet) for packet in codec.encode(frame)]
+    units += [bytes(packet) for packet in codec.encode(None)]
+    assert len(units) == frames, len(units)
+    return tuple(units)
 
 
 def make_jpeg(width: int, height: int, seed: int) -> bytes:
@@ -424,6 +490,17 @@ class FakeTools:
         }
         self.save_state()
         self.behave()
+
+    def add_h264_stream(self, access_units: tuple[bytes, ...] | None = None) -> tuple:
+        """Give the fake idb an H.264 stream to serve (``h264_clip()`` by default)."""
+        access_units = h264_clip() if access_units is None else access_units
+        (self.dir / "stream.h264").write_bytes(b"".join(access_units))
+        (self.dir / "stream.json").write_text(json.dumps([len(unit) for unit in access_units]))
+        return access_units
+
+    def h264_pids(self) -> list[int]:
+        """Every fake ``idb video-stream --format h264`` started, in order."""
+        return self.pids("h264.log")
 
     def save_state(self) -> None:
         (self.dir / "state.json").write_text(json.dumps(self.state))

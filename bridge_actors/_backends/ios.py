@@ -10,7 +10,9 @@ Capture reads ``idb video-stream --format mjpeg`` as one long-lived process and
 cuts its stdout into JPEG frames as they arrive; no frame is decoded or
 re-encoded. When idb cannot stream (missing, or exiting before its first frame)
 the capture polls ``simctl io screenshot`` instead, as fast as the device allows
-up to the frame rate. Controls are ``idb ui`` commands; the device log is
+up to the frame rate. For H.264 viewers with no JPEG viewer beside them, the
+encoder service reads ``idb video-stream --format h264`` instead (``stream_h264``)
+and passes its access units on undecoded. Controls are ``idb ui`` commands; the device log is
 ``simctl spawn <udid> log stream --style compact``.
 
 Every tool runs through ``_subprocess``: it never blocks the event loop, has a
@@ -39,6 +41,7 @@ from .._checks import fps_problem, require_fps
 from .._controls import Button, ControlEvent, Key, Swipe, Tap, Text, key_code, resolve_key
 from .._device import Configurations, DeviceInfo, FrameSink, LogLine, Screenshot
 from .._errors import BadInput, DeviceError, InvalidSettings
+from .._video.access_units import AccessUnitSplitter
 from . import processes as _subprocess
 from .ios_actions import IosActions
 from .mjpeg import MjpegParser, jpeg_size
@@ -534,6 +537,46 @@ class IosBackend(IosActions):
         detail = f": {stderr}" if stderr else ""
         raise DeviceError(
             f"idb video-stream of {udid} stopped (status {status}) after {published} frames{detail}"
+        )
+
+    async def stream_h264(
+        self, device: DeviceInfo, emit: Callable[[bytes], None], *, fps: int
+    ) -> None:
+        """Emit each access unit of ``idb video-stream --format h264`` until idb stops.
+
+        Raises DeviceError when idb is missing, sends nothing within the command
+        timeout, or ends; the caller supervises and restarts it. Nothing is decoded.
+        """
+        require_fps(fps)
+        fps = min(fps, self._fps)
+        udid = device.udid
+        argv = [self._idb, "video-stream", "--udid", udid, "--format", "h264", "--fps", str(fps)]
+        splitter = AccessUnitSplitter()
+        emitted = 0
+        try:
+            async with open_child(argv, census=self.census, grace=self._kill_grace) as child:
+                first_unit_due = trio.current_time() + self._command_timeout
+                while True:
+                    with trio.move_on_at(first_unit_due if emitted == 0 else math.inf) as wait:
+                        data = await child.stdout.receive_some(_READ_SIZE)
+                    if wait.cancelled_caught:
+                        raise DeviceError(
+                            f"idb sent no H.264 of {udid} in {self._command_timeout:g} s"
+                        )
+                    if not data:
+                        break
+                    for access_unit in splitter.feed(data):
+                        emit(access_unit)
+                        emitted += 1
+                with trio.move_on_after(self._kill_grace):
+                    await child.wait()
+                status, stderr = child.returncode, child.stderr_tail()
+        except ToolNotFound as exc:
+            raise DeviceError(f"cannot stream H.264 of {udid}: {exc}") from None
+        detail = f": {stderr}" if stderr else ""
+        raise DeviceError(
+            f"idb H.264 stream of {udid} stopped (status {status}) "
+            f"after {emitted} access units{detail}"
         )
 
     async def _poll_screenshots(

@@ -205,6 +205,11 @@ class BridgeCollector(Collector):
             "encode_seconds": CounterMetricFamily(
                 "bridge_h264_encode_seconds", "Seconds spent encoding.", labels=labels
             ),
+            "frames_passed_through": CounterMetricFamily(
+                "bridge_h264_frames_passed_through",
+                "Access units of the device's own H.264 relayed undecoded.",
+                labels=labels,
+            ),
             "evicted": CounterMetricFamily(
                 "bridge_h264_feeds_evicted",
                 "H.264 viewers evicted for staying behind.",

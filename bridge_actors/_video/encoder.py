@@ -23,12 +23,22 @@ waits for the next keyframe), or it is sent the current GOP from its IDR
 when it does not (``join="idr_or_gop"``: the replay is then short, as the GOP
 began at a forced IDR less than an interval ago).
 
+A device that streams H.264 itself (``passthrough``) is not encoded while it
+has no JPEG viewer: the service relays that stream's access units as they are,
+under a Supervisor of its own, and switches to encoding the JPEG capture the
+moment a JPEG viewer arrives (and back when the last one leaves). Each switch
+starts the new stream at an IDR, so no feed ever gets a frame of one stream
+after the other's. A relayed stream's IDRs cannot be forced: a joining feed is
+sent the current GOP from its IDR, if it was short enough to keep
+(``replay_max_frames``, ``replay_max_bytes``), else it waits for the next IDR.
+
 The codec itself is given (``make_encoder``): this module never imports PyAV.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,6 +51,7 @@ import trio
 from .._device import Frame
 from .._errors import CaptureFailed, CaptureStopped, ServerBusy, ViewerEvicted
 from .._services.lifeline import Lifeline
+from .._services.supervision import Supervisor
 from .h264 import (
     TIME_BASE,
     H264Error,
@@ -50,6 +61,7 @@ from .h264 import (
     split_annexb,
     with_parameter_sets,
 )
+from .passthrough import Passthrough
 
 log = logging.getLogger("bridge_actors.h264")
 
@@ -101,6 +113,14 @@ class EncoderConfig:
     backlog: int = 10
     feed_deadline: float = 5.0
     idle_timeout: float = 300.0
+    # The GOP kept for joiners; a longer one (a relayed stream's) is not kept.
+    replay_max_frames: int = 300
+    replay_max_bytes: int = 8_000_000
+    # Restart intensity of a relayed stream; past it the service encodes instead.
+    restart_max: int = 5
+    restart_period: float = 30.0
+    restart_backoff_initial: float = 0.1
+    restart_backoff_max: float = 5.0
 
 
 class KeyframeGate:
@@ -311,6 +331,12 @@ class EncoderStatistics:
     encode_seconds: float
     evicted: int
     per_feed: tuple[FeedStatistics, ...]
+    h264_source: str = "encoder"  # "passthrough": the device's own H.264, relayed
+    frames_passed_through: int = 0
+    passthrough_dropped: int = 0  # relayed access units before the stream's first IDR
+    passthrough_restarts: int = 0
+    passthrough_failure: str | None = None  # why it encodes for good, if it gave up
+    source_switches: int = 0
 
 
 class EncoderService:
@@ -324,8 +350,26 @@ class EncoderService:
         config: EncoderConfig,
         limiter: trio.CapacityLimiter,
         run_in_worker=trio.to_thread.run_sync,
+        passthrough: Passthrough | None = None,
     ) -> None:
         self.udid = udid
+        self._passthrough = passthrough
+        self.source = "passthrough" if passthrough is not None else "encoder"
+        self._source_ran = False
+        self.frames_passed_through = 0
+        self.passthrough_dropped = 0
+        self.passthrough_failure: str | None = None
+        self.source_switches = 0
+        self._synced = False
+        self._frame_number = 0
+        self._gop_bytes = 0
+        self.passthrough_supervisor = Supervisor(
+            name=f"H.264 stream {udid}",
+            max_restarts=config.restart_max,
+            period=config.restart_period,
+            backoff_initial=config.restart_backoff_initial,
+            backoff_max=config.restart_backoff_max,
+        )
         self._run_in_worker = run_in_worker
         self._frames = frames
         self._make_encoder = make_encoder
@@ -369,7 +413,9 @@ class EncoderService:
         slot = FeedSlot(self._next_key, self.config.backlog)
         now = trio.current_time()
         join = self.config.join
-        if join == "gop" or (join == "idr_or_gop" and not self.gate.request(now)):
+        if self.source == "passthrough":
+            slot.replay(self._gop, now)  # a relayed stream's IDRs cannot be forced
+        elif join == "gop" or (join == "idr_or_gop" and not self.gate.request(now)):
             slot.replay(self._gop, now)
         elif join == "idr":
             self.gate.request(now)
@@ -384,6 +430,8 @@ class EncoderService:
             self._notify()
 
     def request_keyframe(self) -> bool:
+        if self.source == "passthrough":
+            return False
         return self.gate.request(trio.current_time())
 
     def _notify(self) -> None:
@@ -410,7 +458,9 @@ class EncoderService:
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._stop_when_idle)
-                        await self._encode_frames()
+                        if self._passthrough is not None:
+                            nursery.start_soon(self._relay_demand, self._passthrough)
+                        await self._produce()
                 except* Exception as group:
                     failure = group.exceptions[0]
                     if not isinstance(failure, CaptureStopped | CaptureFailed):
@@ -432,25 +482,103 @@ class EncoderService:
                 self._encoder = None
             self.done.set()
 
-    async def _encode_frames(self) -> None:
+    async def _relay_demand(self, passthrough: Passthrough) -> None:
+        """Wake whatever waits on the feeds when the device's JPEG viewers change too."""
         while True:
-            # Watching the capture only while someone watches us: an idle encoder must
-            # not keep its capture from going idle too.
+            await passthrough.wait_changed()
+            self._notify()
+
+    def _passthrough_wanted(self) -> bool:
+        return (
+            self._passthrough is not None
+            and self.passthrough_failure is None
+            and self._passthrough.jpeg_viewers == 0
+        )
+
+    async def _produce(self) -> None:
+        while True:
+            # Watching a source only while someone watches us: an idle encoder must
+            # not keep its capture (or idb) from going idle too.
             while not self._feeds:
                 await self._feeds_changed.wait()
-            try:
-                async with self._frames() as viewer:
-                    async for frame in viewer:
-                        if not self._feeds:
-                            break
-                        await self._encode(frame)
-            except ViewerEvicted as evicted:
-                # The codec was slower than the deadline for a while; start again from
-                # the capture's newest frame rather than give up on every feed.
-                log.warning("H.264 encoder of %s fell behind its capture: %s", self.udid, evicted)
-            # Whoever comes next starts at a fresh IDR.
+            source = "passthrough" if self._passthrough_wanted() else "encoder"
+            if source != self.source and self._source_ran:
+                self.source_switches += 1
+            self.source, self._source_ran = source, True
+            async with trio.open_nursery() as nursery:
+                wanted = source == "passthrough"
+                nursery.start_soon(self._end_when_switching, nursery.cancel_scope, wanted)
+                if wanted:
+                    await self._pass_through()
+                else:
+                    await self._encode_capture()
+                nursery.cancel_scope.cancel()
+            # Whoever comes next, on whichever source, starts at a fresh IDR.
             self.gate.restart()
             self._gop = []
+            self._gop_bytes = 0
+            self.sps = self.pps = None
+
+    async def _end_when_switching(self, scope: trio.CancelScope, passing_through: bool) -> None:
+        while self._feeds and self._passthrough_wanted() == passing_through:
+            await self._feeds_changed.wait()
+        scope.cancel()
+
+    async def _encode_capture(self) -> None:
+        try:
+            async with self._frames() as viewer:
+                async for frame in viewer:
+                    if not self._feeds:
+                        break
+                    await self._encode(frame)
+        except ViewerEvicted as evicted:
+            # The codec was slower than the deadline for a while; start again from
+            # the capture's newest frame rather than give up on every feed.
+            log.warning("H.264 encoder of %s fell behind its capture: %s", self.udid, evicted)
+
+    async def _pass_through(self) -> None:
+        assert self._passthrough is not None
+        stream = self._passthrough.stream
+
+        async def relay_once() -> None:
+            self._synced = False  # a new stream: relay nothing before its first IDR
+            await stream(self._relay)
+
+        try:
+            await self.passthrough_supervisor.run(relay_once)
+        except CaptureFailed as failure:
+            log.error("%s; encoding the JPEG capture instead", failure)
+            self.passthrough_failure = str(failure)
+
+    def _relay(self, access_unit: bytes) -> None:
+        """One access unit of the device's own stream, to every feed as it is."""
+        now = trio.current_time()
+        units = split_annexb(access_unit)
+        self._adopt_parameter_sets(units)
+        keyframe = any(unit[0] & 0x1F == NalType.SLICE_IDR for unit in units)
+        if keyframe and (self.sps is None or self.pps is None):
+            keyframe = False  # cannot be started from: not a sync point for us
+        if not self._synced and not keyframe:
+            self.passthrough_dropped += 1
+            return
+        self._synced = True
+        if keyframe:
+            access_unit = self._with_parameter_sets(access_unit, units)
+        self._frame_number += 1
+        self.frames_passed_through += 1
+        assert self._passthrough is not None
+        self._publish(
+            EncodedPacket(
+                data=access_unit,
+                keyframe=keyframe,
+                pts=self._pts_for(now),
+                time_base=TIME_BASE,
+                frame_number=self._frame_number,
+                captured_at=now,
+                timestamp=time.time(),
+                input_seq=self._passthrough.input_seq(),
+            )
+        )
 
     async def _encode(self, frame: Frame) -> None:
         size = (frame.pixel_width, frame.pixel_height)
@@ -471,6 +599,7 @@ class EncoderService:
         )
         self.encode_seconds += trio.current_time() - started
         self.frames_encoded += 1
+        self._frame_number = frame.seq
         for data, packet_pts in encoded:
             self._publish(self._packet(data, packet_pts, frame))
 
@@ -485,17 +614,10 @@ class EncoderService:
         units = split_annexb(data)
         keyframe = any(unit[0] & 0x1F == NalType.SLICE_IDR for unit in units)
         if keyframe:
-            for unit in units:
-                kind = unit[0] & 0x1F
-                if kind == NalType.SPS:
-                    self._adopt_sps(unit)
-                elif kind == NalType.PPS:
-                    self.pps = unit
+            self._adopt_parameter_sets(units)
             if self.sps is None or self.pps is None:
                 raise H264Error("the encoder's first IDR came without SPS and PPS")
-            fixed = with_parameter_sets(units, self.sps, self.pps)
-            if fixed is not units:
-                data = join_annexb(fixed)
+            data = self._with_parameter_sets(data, units)
         return EncodedPacket(
             data=data,
             keyframe=keyframe,
@@ -506,6 +628,20 @@ class EncoderService:
             timestamp=frame.timestamp,
             input_seq=frame.input_seq,
         )
+
+    def _adopt_parameter_sets(self, units: list[bytes]) -> None:
+        for unit in units:
+            kind = unit[0] & 0x1F
+            if kind == NalType.SPS:
+                self._adopt_sps(unit)
+            elif kind == NalType.PPS:
+                self.pps = unit
+
+    def _with_parameter_sets(self, data: bytes, units: list[bytes]) -> bytes:
+        """An IDR's access unit with the latest SPS and PPS in front, if it lacks them."""
+        assert self.sps is not None and self.pps is not None
+        fixed = with_parameter_sets(units, self.sps, self.pps)
+        return data if fixed is units else join_annexb(fixed)
 
     def _adopt_sps(self, unit: bytes) -> None:
         if unit != self.sps:
@@ -519,8 +655,17 @@ class EncoderService:
             self.keyframes += 1
             self.gate.keyframe_made(packet.captured_at)
             self._gop = []
+            self._gop_bytes = 0
         if self._gop or packet.keyframe:
             self._gop.append(packet)
+            self._gop_bytes += len(packet.data)
+            if (
+                len(self._gop) > self.config.replay_max_frames
+                or self._gop_bytes > self.config.replay_max_bytes
+            ):
+                # Too long to replay: joiners wait for the next IDR instead.
+                self._gop = []
+                self._gop_bytes = 0
         for feed in list(self._feeds.values()):
             slot = feed._slot
             if slot.is_stalled(now, self.config.feed_deadline):
@@ -562,6 +707,12 @@ class EncoderService:
             encode_seconds=self.encode_seconds,
             evicted=self.evicted,
             per_feed=tuple(feed.statistics() for feed in self._feeds.values()),
+            h264_source=self.source,
+            frames_passed_through=self.frames_passed_through,
+            passthrough_dropped=self.passthrough_dropped,
+            passthrough_restarts=self.passthrough_supervisor.statistics().restarts,
+            passthrough_failure=self.passthrough_failure,
+            source_switches=self.source_switches,
         )
 
 
@@ -597,7 +748,9 @@ class EncoderPool:
     def services(self) -> list[EncoderService]:
         return list(self._services.values())
 
-    def _service_for(self, udid: str, frames: FrameSource) -> EncoderService:
+    def _service_for(
+        self, udid: str, frames: FrameSource, passthrough: Passthrough | None
+    ) -> EncoderService:
         """The device's running encoder or a new one; never awaits (see CapturePool)."""
         current = self._services.get(udid)
         if current is not None and current.accepting:
@@ -606,7 +759,13 @@ class EncoderPool:
             raise ServerBusy("memory is critical: no new H.264 encoder may start")
         assert self._nursery is not None, "EncoderPool is not running"
         service = EncoderService(
-            udid, frames, self._make_encoder, self.config, self._limiter, self._run_in_worker
+            udid,
+            frames,
+            self._make_encoder,
+            self.config,
+            self._limiter,
+            self._run_in_worker,
+            passthrough=passthrough,
         )
         self._services[udid] = service
         self.services_created += 1
@@ -621,10 +780,16 @@ class EncoderPool:
                 del self._services[service.udid]
 
     @asynccontextmanager
-    async def subscribe(self, udid: str, frames: FrameSource) -> AsyncIterator[H264Feed]:
-        """One feed of the device's encoder, starting it (watching ``frames()``) if needed."""
+    async def subscribe(
+        self, udid: str, frames: FrameSource, passthrough: Passthrough | None = None
+    ) -> AsyncIterator[H264Feed]:
+        """One feed of the device's encoder, starting it (watching ``frames()``) if needed.
+
+        With ``passthrough`` a new service relays the device's own H.264 while the
+        device has no JPEG viewer.
+        """
         await trio.lowlevel.checkpoint()
-        service = self._service_for(udid, frames)
+        service = self._service_for(udid, frames, passthrough)
         feed = service.attach()
         try:
             with feed.lifeline.held():
