@@ -120,7 +120,14 @@ class ClusterNode:
     # -- lifetime ----------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Beat until cancelled; started once the first attempt (landed or not) is over."""
+        """Beat until cancelled, then leave; started once the first attempt (landed or not)
+        is over."""
+        try:
+            await self._beat_on(task_status)
+        finally:
+            await self._leave()
+
+    async def _beat_on(self, task_status) -> None:
         started = False
         backoff = BACKOFF_INITIAL
         while True:
@@ -133,17 +140,13 @@ class ClusterNode:
             try:
                 async with client:
                     self._client = client
-                    try:
-                        while True:
-                            await self.beat()
-                            backoff = BACKOFF_INITIAL
-                            if not started:
-                                started = True
-                                task_status.started()
-                            await trio.sleep(self.heartbeat)
-                    except trio.Cancelled:
-                        await self._leave(client)
-                        raise
+                    while True:
+                        await self.beat()
+                        backoff = BACKOFF_INITIAL
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await trio.sleep(self.heartbeat)
             except BaseException as exc:
                 if not _is_redis_failure(exc):
                     raise
@@ -197,15 +200,24 @@ class ClusterNode:
             self.connected = True
             self.heartbeats += 1
 
-    async def _leave(self, client: coredis.Redis) -> None:
+    async def _leave(self) -> None:
         """Stopping cleanly: mark this instance's sessions stopped and drop its lease now,
-        shielded from the cancellation that stops us and bounded by the Redis deadline."""
+        shielded from the cancellation that stops us and bounded by the Redis deadline.
+
+        On a client of its own: the beating one went with the cancellation."""
         self._left = True
         if not self.connected:
             return
+        entries: list[DirectoryEntry] = []
         with trio.CancelScope(shield=True), trio.move_on_after(self.timeout) as bound:
             try:
-                async with self._beat_lock:
+                client = coredis.Redis.from_url(
+                    self.redis_url,
+                    decode_responses=True,
+                    connect_timeout=self.timeout,
+                    stream_timeout=self.timeout,
+                )
+                async with client, self._beat_lock:
                     entries = [entry.as_stopped() for entry in self._local_entries()]
                     if entries:
                         await client.hset(
