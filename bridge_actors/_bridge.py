@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -32,7 +32,7 @@ from ._services.fanout import Viewer
 from ._services.lifeline import Lifeline
 from ._services.logstream import LogSubscription
 from ._services.persist import SessionStore, StoreStatistics
-from ._services.ratelimit import RateLimiter, RateLimiterStatistics
+from ._services.ratelimit import Admission, RateLimiter, RateLimiterStatistics
 from ._services.sessions import (
     Connection,
     HeldSession,
@@ -122,6 +122,14 @@ class BridgeStatistics:
     per_recording: tuple[RecordingStatistics, ...] = ()
 
 
+class SharedAdmission(Protocol):
+    """Connection admission shared with other instances (``bridge_actors._cluster``)."""
+
+    async def admit(self, session_id: str, client_ip: str, kind: str) -> Admission: ...
+
+    async def release(self, admission: Admission) -> None: ...
+
+
 class Bridge:
     """The handle an application holds; every call goes to the actor that owns the state."""
 
@@ -198,6 +206,9 @@ class Bridge:
             on_session_end=self._session_ended,
             id_prefix=f"{settings.instance_id}-" if settings.redis_url else "",
         )
+        # Set in a cluster: admission decided with the other instances (the local limiter
+        # still records every connection); None decides here alone.
+        self.shared_admission: SharedAdmission | None = None
         self.started = False
         self.draining = False
         self.final_statistics: ResourceStatistics | None = None
@@ -274,7 +285,11 @@ class Bridge:
         SessionFull / ServerBusy. Leaving the block releases every slot it held;
         deleting the session meanwhile ends the block with SessionNotFound(deleted=True)."""
         session = self.registry.get(session_id)
-        admission = self.limiter.admit(session_id, client_ip, kind)
+        shared = self.shared_admission
+        if shared is None:
+            admission = self.limiter.admit(session_id, client_ip, kind)
+        else:
+            admission = await shared.admit(session_id, client_ip, kind)
         try:
             connection = session.open_connection(kind, client_ip)
             try:
@@ -283,7 +298,10 @@ class Bridge:
             finally:
                 session.close_connection(connection)
         finally:
-            self.limiter.release(admission)
+            if shared is None:
+                self.limiter.release(admission)
+            else:
+                await shared.release(admission)
 
     @asynccontextmanager
     async def watch(

@@ -405,6 +405,14 @@ class Settings(pydantic.BaseModel):
         description="seconds of event-loop lag (p99 over the last 30 s) above which /readyz "
         "answers 503 saturated and the cluster places new sessions elsewhere",
     )
+    # Connection admission decided in Redis for the cluster (bridge_actors._cluster.admission).
+    redis_admission_timeout: float = pydantic.Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="seconds Redis may take to admit a connection (cluster cap and window); "
+        "slower, or away, and this instance's own limiter decides",
+    )
 
     # H.264 passthrough: a device's own H.264 (ios: idb video-stream --format h264), relayed.
     h264_passthrough: Literal["auto", "never"] = pydantic.Field(

@@ -5,9 +5,13 @@
   out when its lease runs out, with nobody having to notice it died.
 * ``bridge:sessions`` — one hash, session id -> JSON entry written by its owner,
   so a listing is one ``HGETALL`` however many instances there are.
+* ``bridge:conns:<session>`` and ``bridge:window:connections:<session>|<address>``
+  — the connections admitted to a session cluster-wide (see :mod:`.admission`).
 
 An entry whose owner has no lease is reported ``lost``: the verdict is taken when
-the directory is read, so it holds the moment the lease expires.
+the directory is read, so it holds the moment the lease expires. An owner that
+stops cleanly does not leave that to its lease: it marks its entries ``stopped``
+and deletes its lease as it goes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
 PREFIX = "bridge"
 SESSIONS_KEY = f"{PREFIX}:sessions"
 LOST = "lost"
+STOPPED = "stopped"
 
 
 def instance_key(instance_id: str) -> str:
@@ -49,6 +54,8 @@ class InstanceEntry:
     device_types: tuple[str, ...]
     sessions: int
     saturated: bool = False
+    # A fresh token per process start: what it held before a crash is told apart from now.
+    boot: str = ""
 
     def encode(self) -> str:
         return json.dumps(
@@ -58,6 +65,7 @@ class InstanceEntry:
                 "device_types": list(self.device_types),
                 "sessions": self.sessions,
                 "saturated": self.saturated,
+                "boot": self.boot,
             }
         )
 
@@ -70,6 +78,7 @@ class InstanceEntry:
             device_types=tuple(str(t) for t in data.get("device_types", ())),
             sessions=int(data.get("sessions", 0)),
             saturated=bool(data.get("saturated", False)),
+            boot=str(data.get("boot", "")),
         )
 
 
@@ -118,26 +127,43 @@ class DirectoryEntry:
 
     def as_lost(self) -> DirectoryEntry:
         """This entry as the others answer once its owner's lease has expired."""
+        return self._offline(LOST, f"instance {self.owner} stopped answering")
+
+    def as_stopped(self) -> DirectoryEntry:
+        """This entry as its owner leaves it when it stops cleanly: offline at once,
+        not only when the lease would have run out."""
+        return self._offline(STOPPED, f"instance {self.owner} stopped")
+
+    @property
+    def reason(self) -> str | None:
+        """Why the session is offline (``lost``, ``stopped``), else None."""
+        reason = self.info.get("reason")
+        return str(reason) if reason is not None else None
+
+    def _offline(self, state: str, reason: str) -> DirectoryEntry:
+        offline = {"state": state, "status": "offline", "reason": reason}
         return DirectoryEntry(
             self.session_id,
             self.owner,
             self.url,
             self.device_type,
             self.created_at,
-            LOST,
-            {**self.list_item, "state": LOST, "status": "offline"},
-            {**self.info, "state": LOST, "status": "offline"},
+            state,
+            {**self.list_item, **offline},
+            {**self.info, **offline},
         )
 
 
 def read_directory(raw: Mapping[str, str], live_owners: set[str]) -> dict[str, DirectoryEntry]:
-    """The directory's entries by id, those of owners without a lease marked lost;
-    an entry that does not decode is left out (it is rewritten by its owner's next beat)."""
+    """The directory's entries by id, those of owners without a lease marked lost (unless
+    their owner marked them stopped as it left); an entry that does not decode is left out
+    (it is rewritten by its owner's next beat)."""
     entries: dict[str, DirectoryEntry] = {}
     for session_id, text in raw.items():
         try:
             entry = DirectoryEntry.decode(session_id, text)
         except (ValueError, KeyError, TypeError):
             continue
-        entries[session_id] = entry if entry.owner in live_owners else entry.as_lost()
+        offline = entry.owner not in live_owners and entry.state != STOPPED
+        entries[session_id] = entry.as_lost() if offline else entry
     return entries

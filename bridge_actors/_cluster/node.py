@@ -6,11 +6,17 @@ for the directory and get either the answer or :class:`RedisUnavailable`, never 
 hang: every Redis call has a deadline, because a slow Redis must not make a
 listing slow. When Redis goes away the node keeps beating into the void with a
 doubling backoff and is back on the first beat that lands, without a restart.
+
+An instance that stops cleanly (its server is shut down, or the node cancelled)
+does not leave the others to wait out its lease: within one short, shielded
+deadline it marks its sessions ``stopped`` and deletes its lease, so every other
+instance answers for them at once. A crash still leaves it to the lease.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,6 +100,8 @@ class ClusterNode:
         self.heartbeat = heartbeat
         # A Redis call may take at most this: a reader waits no longer than a beat.
         self.timeout = min(1.0, heartbeat)
+        # This process's start, in the lease: what a crashed run held is told from ours.
+        self.boot = secrets.token_hex(6)
         self.url = ""
         self._local_entries = local_entries
         self._device_types = device_types
@@ -101,6 +109,7 @@ class ClusterNode:
         self._client: coredis.Redis | None = None
         self._published: set[str] = set()
         self._adopted = False  # entries this instance left before a restart are swept once
+        self._left = False  # stopped cleanly: no beat may bring the lease back
         self._beat_lock = trio.Lock()
         self._scripts: dict[str, Any] = {}
         self.connected = False
@@ -111,7 +120,14 @@ class ClusterNode:
     # -- lifetime ----------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Beat until cancelled; started once the first attempt (landed or not) is over."""
+        """Beat until cancelled, then leave; started once the first attempt (landed or not)
+        is over."""
+        try:
+            await self._beat_on(task_status)
+        finally:
+            await self._leave()
+
+    async def _beat_on(self, task_status) -> None:
         started = False
         backoff = BACKOFF_INITIAL
         while True:
@@ -152,6 +168,8 @@ class ClusterNode:
     async def beat(self) -> None:
         """Renew the lease and rewrite this instance's entries (also right after a change)."""
         async with self._beat_lock:
+            if self._left:
+                raise RedisUnavailable(f"instance {self.instance_id} has left the cluster")
             client = self._require_client()
             entries = {entry.session_id: entry for entry in self._local_entries()}
             me = InstanceEntry(
@@ -160,6 +178,7 @@ class ClusterNode:
                 await self._device_types(),
                 len(entries),
                 self._saturated(),
+                self.boot,
             )
             with trio.fail_after(self.timeout):
                 if not self._adopted:
@@ -180,6 +199,44 @@ class ClusterNode:
                 log.info("instance %s joined the cluster on %s", self.instance_id, self.redis_url)
             self.connected = True
             self.heartbeats += 1
+
+    async def _leave(self) -> None:
+        """Stopping cleanly: mark this instance's sessions stopped and drop its lease now,
+        shielded from the cancellation that stops us and bounded by the Redis deadline.
+
+        On a client of its own: the beating one went with the cancellation."""
+        self._left = True
+        if not self.connected:
+            return
+        entries: list[DirectoryEntry] = []
+        with trio.CancelScope(shield=True), trio.move_on_after(self.timeout) as bound:
+            try:
+                client = coredis.Redis.from_url(
+                    self.redis_url,
+                    decode_responses=True,
+                    connect_timeout=self.timeout,
+                    stream_timeout=self.timeout,
+                )
+                async with client, self._beat_lock:
+                    entries = [entry.as_stopped() for entry in self._local_entries()]
+                    if entries:
+                        await client.hset(
+                            SESSIONS_KEY, {entry.session_id: entry.encode() for entry in entries}
+                        )
+                    await client.delete([instance_key(self.instance_id)])
+                    await client.srem(INSTANCES_KEY, [self.instance_id])
+            except BaseException as exc:
+                if not _is_redis_failure(exc):
+                    raise
+                log.warning("could not leave the cluster cleanly: %r; the lease will expire", exc)
+                return
+        if bound.cancelled_caught:
+            log.warning("Redis did not answer as this instance left; the lease will expire")
+            return
+        self.connected = False
+        log.info(
+            "instance %s left the cluster (%d sessions stopped)", self.instance_id, len(entries)
+        )
 
     async def publish(self) -> None:
         """A heartbeat now (after a create), or RedisUnavailable: the next beat lists it then."""
@@ -231,9 +288,12 @@ class ClusterNode:
             await client.hdel(SESSIONS_KEY, [session_id])
         self._published.discard(session_id)
 
-    async def evaluate(self, script: str, *, keys: list[str], args: list) -> list:
-        """Run a Lua script (cached by its digest after the first call) within the deadline."""
-        async with self._reading() as client:
+    async def evaluate(
+        self, script: str, *, keys: list[str], args: list, within: float | None = None
+    ) -> list:
+        """Run a Lua script (cached by its digest after the first call) within the deadline
+        (``within`` seconds, or the node's own)."""
+        async with self._reading(within) as client:
             registered = self._scripts.get(script)
             if registered is None:
                 registered = self._scripts[script] = client.register_script(script)
@@ -255,11 +315,11 @@ class ClusterNode:
         return live
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[coredis.Redis]:
+    async def _reading(self, within: float | None = None) -> AsyncIterator[coredis.Redis]:
         """A bounded Redis call: the client, or RedisUnavailable if it is away, slow or fails."""
         client = self._require_client()
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(self.timeout if within is None else within):
                 yield client
         except trio.TooSlowError:
             raise RedisUnavailable(f"Redis at {self.redis_url} did not answer in time") from None
@@ -267,6 +327,11 @@ class ClusterNode:
             if not _is_redis_failure(exc):
                 raise
             raise RedisUnavailable(f"Redis at {self.redis_url} failed: {exc!r}") from exc
+
+    @property
+    def reachable(self) -> bool:
+        """A client is connected (a call may still be slow); False while Redis is away."""
+        return self._client is not None
 
     def _require_client(self) -> coredis.Redis:
         if self._client is None:

@@ -12,6 +12,7 @@ import trio
 
 from .._bridge import Bridge
 from .._cluster import (
+    ClusterAdmission,
     ClusterNode,
     DirectoryEntry,
     GlobalWindow,
@@ -19,6 +20,8 @@ from .._cluster import (
     RedisUnavailable,
 )
 from . import views
+from .metrics import AdmissionCollector
+from .shared_admission import SharedAdmission
 from .state import AppState
 
 __all__ = ["cluster_list_items", "local_entries", "place_session", "start_cluster_node"]
@@ -71,6 +74,23 @@ async def start_cluster_node(
     )
     state.handlers.whereabouts = lambda session_id: whereabouts(state, session_id)
     await nursery.start(node.run)
+    in_redis = ClusterAdmission(
+        node,
+        per_minute=settings.max_connections_per_minute,
+        per_session=settings.max_connections_per_session,
+        within=settings.redis_admission_timeout,
+    )
+    admission = SharedAdmission(in_redis, bridge.limiter)
+    state.metrics.register(AdmissionCollector(admission))
+
+    async def admit_in_cluster(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        bridge.shared_admission = admission
+        try:
+            await in_redis.run(task_status=task_status)
+        finally:
+            bridge.shared_admission = None
+
+    await nursery.start(admit_in_cluster)
     return node
 
 
@@ -81,6 +101,8 @@ async def whereabouts(state: AppState, session_id: str) -> str | None:
         return None
     if entry.state == "lost":
         return f"session lost: its instance {entry.owner} stopped answering"
+    if entry.state == "stopped":
+        return f"session stopped: its instance {entry.owner} was stopped"
     return f"session is served by instance {entry.owner}"
 
 

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from .._bridge import Bridge
 from .._services.looplag import LoopLag
 from .._services.warden import WardenTier
+from .shared_admission import SharedAdmission
 
 __all__ = ["CONTENT_TYPE", "BridgeCollector", "render_metrics"]
 
@@ -279,6 +280,31 @@ class LoopLagCollector(Collector):
         yield lag
         yield _gauge(
             "bridge_saturated", "1 while the loop lag's p99 is above its setting.", stats.saturated
+        )
+
+
+class AdmissionCollector(Collector):
+    """Connection admission in the cluster: decided in Redis, or here when Redis was slow."""
+
+    def __init__(self, admission: SharedAdmission) -> None:
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._admission.statistics()
+        yield _counter(
+            "bridge_admission_redis_decisions",
+            "Connection admissions decided in Redis for the whole cluster.",
+            stats.decided_in_redis,
+        )
+        yield _counter(
+            "bridge_admission_local_fallbacks",
+            "Connection admissions decided by this instance alone: Redis was slow or away.",
+            stats.local_fallbacks,
+        )
+        yield _gauge(
+            "bridge_admission_pending_releases",
+            "Ended connections whose place Redis has not taken back yet.",
+            stats.pending_releases,
         )
 
 

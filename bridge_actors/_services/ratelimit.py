@@ -255,6 +255,36 @@ class RateLimiter:
             self._denied[refusal.reason] += 1
             raise
         self._window.consume((session_id, client_ip), now)
+        return self._record(session_id, client_ip, kind, now)
+
+    def admit_decided(self, session_id: str, client_ip: str, kind: str = "video") -> Admission:
+        """Record a connection whose session cap and window were decided elsewhere (the
+        cluster's, in Redis): only the bridge-wide cap is this instance's to check.
+
+        The window records the admission where it has room, so that this limiter's own
+        counts, which decide while Redis is away, never exceed the cluster's."""
+        now = trio.current_time()
+        self._attempts += 1
+        if len(self._live) >= self._max_connections:
+            self._denied[ServerBusy.reason] += 1
+            raise ServerBusy(
+                f"the bridge has reached its limit of {self._max_connections} connections"
+            )
+        if self._window.retry_after((session_id, client_ip), now) == 0:
+            self._window.consume((session_id, client_ip), now)
+        return self._record(session_id, client_ip, kind, now)
+
+    def refuse(self, refusal: RateLimited | SessionFull) -> None:
+        """Count an attempt refused elsewhere (the cluster's verdict), as if refused here."""
+        self._attempts += 1
+        self._denied[refusal.reason] += 1
+
+    @property
+    def at_capacity(self) -> bool:
+        """The bridge-wide cap is reached: the next attempt is refused whatever else says."""
+        return len(self._live) >= self._max_connections
+
+    def _record(self, session_id: str, client_ip: str, kind: str, now: float) -> Admission:
         admission = Admission(session_id, client_ip, kind, now)
         self._live.add(admission)
         self._active_by_session[session_id] = self._active_by_session.get(session_id, 0) + 1
