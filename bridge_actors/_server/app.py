@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .._bridge import Bridge
 from .._errors import BadInput, DeviceError, SessionNotFound
 from . import browser_headers, guard
+from .latencies import ROUTE_KEY, UNMATCHED, RequestTimer
 from .responses import json_response, redirect_response
 from .routes import BLUEPRINTS
 from .state import AppState, app_state
@@ -53,8 +54,17 @@ def create_app(bridge: Bridge) -> QuartTrio:
     _register_error_handlers(app)
     app.after_request(_json_redirects)
     browser_headers.install(app, settings.allowed_origins)
+    # Before the guard's own check, so a refused request still names its route.
+    app.before_request(_name_the_route)
     guard.install(app, app_state(app).gate)
+    app.asgi_app = RequestTimer(app.asgi_app, app_state(app).handlers.latencies)  # type: ignore[method-assign]
     return app
+
+
+async def _name_the_route() -> None:
+    """Tell the request timer which route this is: its template, so no id becomes a label."""
+    rule = request.url_rule
+    request.scope[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
 
 
 async def _json_redirects(response: Response) -> Response:

@@ -11,12 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .._bridge import Bridge
+from .._services.histogram import HistogramStatistics
 from .._services.looplag import LoopLag
 from .._services.warden import WardenTier
+from .latencies import Latencies
 from .shared_admission import SharedAdmission
 
 __all__ = ["CONTENT_TYPE", "BridgeCollector", "render_metrics"]
@@ -306,6 +314,66 @@ class AdmissionCollector(Collector):
             "Ended connections whose place Redis has not taken back yet.",
             stats.pending_releases,
         )
+
+
+class LatencyCollector(Collector):
+    """The latency histograms of :mod:`.latencies`, as Prometheus histograms."""
+
+    def __init__(self, latencies: Latencies) -> None:
+        self._latencies = latencies
+
+    def collect(self) -> Iterator[Metric]:
+        latencies = self._latencies
+        delivery = HistogramMetricFamily(
+            "bridge_frame_delivery_seconds",
+            "From a frame's capture to its message handed to a viewer's connection, per"
+            " viewer and frame.",
+            labels=["format"],
+        )
+        for fmt, histogram in latencies.frame_delivery.items():
+            _add_histogram(delivery, [fmt], histogram.statistics())
+        yield delivery
+        first = HistogramMetricFamily(
+            "bridge_connect_to_first_frame_seconds",
+            "From a video socket's handshake request to its first frame sent.",
+            labels=["format"],
+        )
+        for fmt, histogram in latencies.first_frame.items():
+            _add_histogram(first, [fmt], histogram.statistics())
+        yield first
+        control = latencies.control_to_frame.statistics()
+        to_frame = HistogramMetricFamily(
+            "bridge_control_to_frame_seconds",
+            "From a control message received to the first frame sent that was captured"
+            " after it was applied.",
+        )
+        _add_histogram(to_frame, [], control.histogram)
+        yield to_frame
+        unmatched = CounterMetricFamily(
+            "bridge_control_to_frame_unmatched",
+            "Controls no frame answered: none came within the wait (expired), or too many"
+            " were waiting in their session (overflowed).",
+            labels=["reason"],
+        )
+        unmatched.add_metric(["expired"], control.expired)
+        unmatched.add_metric(["overflowed"], control.overflowed)
+        yield unmatched
+        http = HistogramMetricFamily(
+            "bridge_http_request_duration_seconds",
+            "From an HTTP request reaching the app to its last body byte handed to the"
+            " connection, by route template.",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), histogram in sorted(latencies.http.items()):
+            _add_histogram(http, [method, route, str(status)], histogram.statistics())
+        yield http
+
+
+def _add_histogram(
+    family: HistogramMetricFamily, labels: list[str], stats: HistogramStatistics
+) -> None:
+    bounds = [*map(floatToGoString, stats.bounds), "+Inf"]
+    family.add_metric(labels, list(zip(bounds, stats.buckets, strict=True)), stats.sum)
 
 
 def render_metrics(registry: CollectorRegistry) -> bytes:

@@ -12,6 +12,7 @@ plain functions and classes; the handlers only move bytes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections import Counter
@@ -58,6 +59,7 @@ from ..wire import (
 from .abort import StuckSockets
 from .forwarded import connection_client
 from .json_codec import decode_json, encode_json
+from .latencies import Latencies, ViewerClock
 from .webrtc import WebRTCViewers, serve_signalling
 
 log = logging.getLogger("bridge_actors.ws")
@@ -334,6 +336,7 @@ class SocketHandlers:
         # Asked before each control is applied: None, or why the connection may not.
         self.admit_control: Callable[[str, object], str | None] = lambda _sid, _event: None
         self.h264_messages = H264Messages()
+        self.latencies = Latencies()
         self.webrtc_viewers = WebRTCViewers(bridge.settings)
         # In a cluster: why a session this instance does not hold is not here (owned by
         # another instance, or lost with it), for the 4004's reason; None if unknown.
@@ -395,8 +398,10 @@ class SocketHandlers:
         except BadInput as error:
             await _refuse_bad_input(error)
             return
+        fmt = "h264" if h264 else "binary" if binary else "json"
+        clock = self.latencies.viewer(session_id, fmt)
         if h264:
-            await self._serve("video", session_id, self._h264_body)
+            await self._serve("video", session_id, functools.partial(self._h264_body, clock))
             return
 
         async def body(ws, sid: str, guard: Guard) -> None:
@@ -410,10 +415,12 @@ class SocketHandlers:
                 # capped at 1 fps would otherwise keep a whole frame alive for a second.
                 if binary:
                     async for frame in viewer:
+                        captured_at, input_seq = frame.captured_at, frame.input_seq
                         message = binary_frame(frame)
                         del frame
                         await ws.send(message)
                         del message
+                        clock.sent(captured_at, input_seq)
                 else:
                     rate = RateMeter()
                     number = 0
@@ -421,23 +428,27 @@ class SocketHandlers:
                         number += 1
                         now = trio.current_time()
                         rate.add(now)
+                        captured_at, input_seq = frame.captured_at, frame.input_seq
                         text = video_frame_text(frame, number, round(rate.rate(now)))
                         del frame
                         await ws.send(text)
                         del text
+                        clock.sent(captured_at, input_seq)
 
         await self._serve("video", session_id, body)
 
-    async def _h264_body(self, ws, sid: str, guard: Guard) -> None:
+    async def _h264_body(self, clock: ViewerClock, ws, sid: str, guard: Guard) -> None:
         device = self.bridge.get_session(sid).device
         async with self.bridge.h264_feed(sid) as feed, trio.open_nursery() as nursery:
             guard(feed.lifeline)
             nursery.start_soon(_keyframe_requests, ws, feed)
             async for packet in feed:
+                captured_at, input_seq = packet.captured_at, packet.input_seq
                 message = self.h264_messages.message(packet, device)
                 del packet
                 await ws.send(message)
                 del message
+                clock.sent(captured_at, input_seq)
 
     # -- control --
 
@@ -446,7 +457,7 @@ class SocketHandlers:
             bad = BadMessages()
             while True:
                 message = await ws.receive()
-                reply, ok = await self._control_one(sid, message)
+                reply, ok = await self._control_one(sid, message, trio.current_time())
                 if reply is not None:
                     await ws.send(reply)
                 if ok:
@@ -456,8 +467,11 @@ class SocketHandlers:
 
         await self._serve("control", session_id, body)
 
-    async def _control_one(self, session_id: str, message: str | bytes) -> tuple[str | None, bool]:
-        """Apply one control message; returns the reply to send (if any) and whether it was good."""
+    async def _control_one(
+        self, session_id: str, message: str | bytes, received_at: float
+    ) -> tuple[str | None, bool]:
+        """Apply one control message, received at ``received_at``; returns the reply to send
+        (if any) and whether it was good."""
         try:
             decoded = decode_message(message)
             event = parse_control(normalize_control(decoded), self.bridge.settings.max_text_length)
@@ -467,6 +481,7 @@ class SocketHandlers:
             input_seq = await self.bridge.control(session_id, event)
         except (BadInput, DeviceError) as error:
             return error_text(error), False
+        self.latencies.control_to_frame.received(session_id, input_seq, received_at)
         if "id" in decoded:
             return encode_json({"type": "ack", "id": decoded["id"], "input_seq": input_seq}), True
         return None, True
@@ -479,6 +494,7 @@ class SocketHandlers:
             bad = BadMessages()
             while True:
                 message = await ws.receive()
+                received_at = trio.current_time()
                 try:
                     decoded = decode_message(message)
                     if decoded.get("t", decoded.get("type")) != "refresh":
@@ -490,7 +506,8 @@ class SocketHandlers:
                         if refusal is not None:
                             await ws.send(_refusal_text(refusal, decoded.get("id")))
                             continue
-                        await self.bridge.control(sid, event)
+                        input_seq = await self.bridge.control(sid, event)
+                        self.latencies.control_to_frame.received(sid, input_seq, received_at)
                 except (BadInput, DeviceError) as error:
                     bad.bad()
                     await ws.send(error_text(error))

@@ -57,6 +57,7 @@ async def stats() -> dict[str, Any]:
     document = views.stats_document(state.bridge.statistics(), server)
     document["instance"] = state.bridge.settings.instance_id
     document["event_loop_lag"] = views.plain(state.loop_lag.statistics())
+    document["latency"] = views.plain(state.handlers.latencies.statistics())
     if state.cluster is not None:
         document["cluster"] = views.plain(state.cluster.statistics())
     return document
