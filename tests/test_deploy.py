@@ -1,7 +1,8 @@
-"""The deploy files hold together without a container engine: the compose file's
-services and limits, the cluster nginx config through ``nginx -t``, the alert rules
-through ``promtool`` (else as YAML), and every metric they and the dashboard name
-is one that ``/metrics`` exports."""
+"""The deploy files hold together without a container engine: the compose file against
+the Compose Specification's JSON schema (``compose_spec.json``, as Docker Compose 1.29.2
+ships it, Apache-2.0) and its own references, its services and limits, the cluster nginx
+config through ``nginx -t``, the alert rules through ``promtool`` (else as YAML), and
+every metric they and the dashboard name is one that ``/metrics`` exports."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 import yaml
 from cluster import Instance, cluster_nginx_config
@@ -41,6 +43,52 @@ def test_compose_runs_three_instances_on_redis_behind_nginx_with_the_production_
         nginx_address = services["nginx"]["networks"]["bridge-net"]["ipv4_address"]
         assert env["BRIDGE_TRUSTED_PROXIES"] == nginx_address
     assert all(services[name].get("mem_limit") for name in services)
+
+
+def compose_errors(compose: dict) -> list[str]:
+    schema = json.loads((Path(__file__).parent / "compose_spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(compose)]
+
+
+def test_the_compose_file_follows_the_compose_specification():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose_errors(compose) == []
+    services = compose["services"]
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        if isinstance(depends_on, list):  # the short form: started, not healthy
+            depends_on = {needed: {} for needed in depends_on}
+        for needed, condition in depends_on.items():
+            assert needed in services, f"{name} depends on unknown {needed}"
+            if condition.get("condition") == "service_healthy":
+                healthy = "healthcheck" in services[needed] or "HEALTHCHECK" in (
+                    (DEPLOY / "Dockerfile").read_text() if "build" in services[needed] else ""
+                )
+                assert healthy, f"{name} waits for {needed} to be healthy, which has no check"
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("."):  # a bind mount: the file comes with the deploy files
+                assert source.endswith(".rendered.conf") or (DEPLOY / source).exists(), source
+            else:
+                assert source in compose["volumes"], f"{name} mounts unknown volume {source}"
+        for network in service.get("networks", []):
+            assert network in compose["networks"], f"{name} joins unknown network {network}"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda c: c["services"]["bridge1"].update(mem_limt="1g"), "mem_limt"),
+        (lambda c: c["services"]["redis"].update(ports="6379"), "ports"),
+        (lambda c: c["services"]["nginx"].update(restart=["always"]), "restart"),
+    ],
+)
+def test_the_schema_check_names_what_is_wrong(change, named):
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    change(compose)
+    errors = compose_errors(compose)
+    assert errors and any(named in error for error in errors), errors
 
 
 def test_the_dockerfile_is_slim_runs_unprivileged_and_checks_livez():
@@ -88,6 +136,7 @@ async def exported(tmp_path) -> set[str]:
         running_server(tmp_path / "state") as server,
         httpx.AsyncClient(base_url=server.url) as client,
     ):
+        await client.get("/api/sessions/")  # a request is timed once it has been answered
         text = (await client.get("/metrics")).text
     return set(METRIC.findall(text))
 
