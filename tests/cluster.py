@@ -82,9 +82,19 @@ class Instance:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self):
+        return self.state_dir.parent / f"{self.instance_id}.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the instance's output, for a failed assertion to show."""
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
     def start(self) -> None:
         assert self.process is None
-        log = open(self.state_dir.parent / f"{self.instance_id}.log", "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridge_actors", "serve", "--port", str(self.port)],
             env={**os.environ, **self.env},

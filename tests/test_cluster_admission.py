@@ -189,7 +189,8 @@ async def test_a_slow_or_stopped_redis_leaves_admission_to_the_instance(cluster)
             await first.get_message()
             async with trio_websocket.open_websocket_url(url) as second:
                 await second.get_message()
-                assert (await attempt(url))[0] == SESSION_FULL
+                third = await attempt(url)
+                assert third[0] == SESSION_FULL, (third, owner.log_tail())
         assert await metric(client, owner, name) == before + 4
         assert await metric(client, owner, "bridge_admission_redis_decisions_total") == decided
 
