@@ -231,3 +231,30 @@ async def test_a_408_is_never_written_into_a_response_already_under_way(tmp_path
         data = await read_to_eof(stream)
         assert responses_in(data) == 1, data[:100]
         assert status_of(data) == 200
+
+
+async def test_a_browsers_permessage_deflate_offer_is_declined_and_frames_come_plain(tmp_path):
+    # Chromium's offer, word for word; a deflated stream would be compressed per viewer.
+    async with running_server(tmp_path) as server:
+        stream = await connect(server.port)
+        await stream.send_all(
+            f"GET /ws/{server.session_id}/video?format=binary HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode()
+        )
+        received = bytearray()
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(65536)
+            head, _, rest = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101")
+            assert b"sec-websocket-extensions" not in head.lower()
+            frame = bytearray(rest)
+            while len(frame) < 2 + 8 + 32 + 2:
+                frame += await stream.receive_some(65536)
+        assert frame[0] & 0x70 == 0, "RSV1 set: the message was compressed"
+        assert frame[0] & 0x0F == 0x2  # binary
+        payload = frame[10:] if frame[1] & 0x7F == 127 else frame[4:]
+        assert payload[:4] == b"BAV1" and payload[32:34] == b"\xff\xd8"  # header, then JPEG
+        await stream.aclose()

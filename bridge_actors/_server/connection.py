@@ -383,6 +383,28 @@ class HTTP11Protocol(H11Protocol):
             await self._send_error_response(505)
             raise _HTTP2Refused()
 
+    async def _create_stream(self, request: h11.Request) -> None:
+        await super()._create_stream(_without_websocket_extensions(request))
+
+
+def _without_websocket_extensions(request: h11.Request) -> h11.Request:
+    """The request without its WebSocket extension offers, so none is negotiated.
+
+    Hypercorn accepts ``permessage-deflate`` whenever it is offered, and browsers
+    always offer it. Our messages are JPEG and H.264, which do not deflate, and a
+    deflated stream is compressed separately for each viewer: a frame's cost would
+    grow with its viewers. RFC 7692 lets a server decline, and clients then send
+    and receive plain frames.
+    """
+    if not any(name == b"sec-websocket-extensions" for name, _ in request.headers):
+        return request
+    return h11.Request(
+        method=request.method,
+        target=request.target,
+        headers=[(n, v) for n, v in request.headers if n != b"sec-websocket-extensions"],
+        http_version=request.http_version,
+    )
+
 
 class HTTP11Only(ProtocolWrapper):
     """Hypercorn's protocol wrapper, always on :class:`HTTP11Protocol`."""
