@@ -13,24 +13,19 @@ Run it on two revisions to compare: the server is started from the current direc
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
-import httpx
 import psutil
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 from wsproto.extensions import PerMessageDeflate
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Run as a file from the tree whose server is measured; the harness comes from beside it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._server import start_server
 
 
 async def viewer(port: int, path: str, counts: dict, deadline: float) -> None:
@@ -54,24 +49,13 @@ async def viewer(port: int, path: str, counts: dict, deadline: float) -> None:
 
 
 async def measure(viewers: int, seconds: float) -> dict:
-    port = free_port()
-    env = {**os.environ, "BRIDGE_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-")}
-    command = [sys.executable, "-m", "bridge_actors", "serve", "--port", str(port)]
-    quiet = subprocess.DEVNULL
-    server = await trio.lowlevel.open_process(command, env=env, stdout=quiet, stderr=quiet)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
-            session = (await http.get("/api/sessions/")).json()["sessions"][0]["session_id"]
-        path = f"/ws/{session}/video?format=binary"
+    log_path = Path(tempfile.mkdtemp(prefix="bench-deflate-")) / "server.log"
+    limits = {"max_connections_per_session": viewers, "max_connections_per_minute": 10 * viewers}
+    async with start_server(limits, log_path=log_path) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        path = f"/ws/{server.sessions[0]}/video?format=binary"
         counts = {"frames": 0, "deflated": 0}
+        assert server.pid is not None
         process = psutil.Process(server.pid)
         async with trio.open_nursery() as nursery:
             warm = trio.current_time() + 2.0
@@ -83,17 +67,13 @@ async def measure(viewers: int, seconds: float) -> dict:
             await trio.sleep_until(end)
             spent = sum(process.cpu_times()[:2]) - sum(cpu[:2])
             frames = counts["frames"] - frames_at_start
-        return {
-            "viewers": viewers,
-            "negotiated_deflate": counts["deflated"],
-            "frames": frames,
-            "server_cpu_s_per_s": round(spent / seconds, 3),
-            "server_cpu_us_per_frame": round(spent / max(frames, 1) * 1e6, 1),
-        }
-    finally:
-        server.terminate()
-        with trio.CancelScope(shield=True), trio.fail_after(10):
-            await server.wait()
+    return {
+        "viewers": viewers,
+        "negotiated_deflate": counts["deflated"],
+        "frames": frames,
+        "server_cpu_s_per_s": round(spent / seconds, 3),
+        "server_cpu_us_per_frame": round(spent / max(frames, 1) * 1e6, 1),
+    }
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ def ws_frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True, rsv: int = 
     return bytes([first]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def ws_handshake(stream: trio.SocketStream, path: str, headers: str = "") -> None:
+async def ws_handshake(stream: trio.SocketStream, path: str, headers: str = "") -> bytes:
+    """Open a WebSocket on ``stream``; returns the 101 response's head, no frame read."""
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send_all(
         (
@@ -123,6 +124,7 @@ async def ws_handshake(stream: trio.SocketStream, path: str, headers: str = "") 
             assert chunk, "connection closed during the handshake"
             response += chunk
     assert response.startswith(b"HTTP/1.1 101"), response
+    return response
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from raw import (
     status_of,
     wait_until,
     ws_frame,
+    ws_handshake,
 )
 
 CONFIGURATIONS = b"GET /api/sessions/configurations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -235,26 +236,17 @@ async def test_a_408_is_never_written_into_a_response_already_under_way(tmp_path
 
 async def test_a_browsers_permessage_deflate_offer_is_declined_and_frames_come_plain(tmp_path):
     # Chromium's offer, word for word; a deflated stream would be compressed per viewer.
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
     async with running_server(tmp_path) as server:
-        stream = await connect(server.port)
-        await stream.send_all(
-            f"GET /ws/{server.session_id}/video?format=binary HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode()
-        )
-        received = bytearray()
-        with trio.fail_after(10):
-            while b"\r\n\r\n" not in received:
-                received += await stream.receive_some(65536)
-            head, _, rest = bytes(received).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101")
+        path = f"/ws/{server.session_id}/video?format=binary"
+        async with await connect(server.port) as stream:
+            head = await ws_handshake(stream, path, offer)
             assert b"sec-websocket-extensions" not in head.lower()
-            frame = bytearray(rest)
-            while len(frame) < 2 + 8 + 32 + 2:
-                frame += await stream.receive_some(65536)
+            frame = bytearray()
+            with trio.fail_after(10):
+                while len(frame) < 2 + 8 + 32 + 2:
+                    frame += await stream.receive_some(65536)
         assert frame[0] & 0x70 == 0, "RSV1 set: the message was compressed"
         assert frame[0] & 0x0F == 0x2  # binary
         payload = frame[10:] if frame[1] & 0x7F == 127 else frame[4:]
         assert payload[:4] == b"BAV1" and payload[32:34] == b"\xff\xd8"  # header, then JPEG
-        await stream.aclose()
