@@ -270,3 +270,87 @@ async def test_a_codec_failure_ends_every_feed_with_capture_failed(autojump_cloc
             assert (await feed.receive()).keyframe
             assert pool.get("device").state == "running"
         nursery.cancel_scope.cancel()
+
+
+class SocketLikeSink:
+    """A PacketSink shaped like a socket: takes packets whole until it is full; what it
+    could not take is finished by the viewer's task once it drains."""
+
+    def __init__(self) -> None:
+        self.taken: list[EncodedPacket] = []
+        self.full = False
+        self.left_over = False
+        self.drained = trio.Event()
+        self.finishing = trio.Event()
+
+    def ready(self) -> bool:
+        return not self.left_over
+
+    def put(self, packet: EncodedPacket) -> bool:
+        self.taken.append(packet)
+        self.left_over = self.full
+        return not self.full
+
+    async def finish(self) -> None:
+        self.finishing.set()
+        await self.drained.wait()
+        self.left_over = False
+
+
+async def test_a_sleeping_viewer_is_delivered_to_by_its_sink_and_woken_for_what_is_left(
+    autojump_clock,
+):
+    async with encoder_pool(keyframe_interval=1.0, backlog=5, feed_deadline=5.0) as pool:
+        capture = FakeCapture()
+        sink = SocketLikeSink()
+        woken: list[EncodedPacket] = []
+        async with (
+            pool.subscribe("device", capture.subscribe) as feed,
+            trio.open_nursery() as nursery,
+        ):
+            feed.deliver_to(sink)
+
+            async def viewer() -> None:
+                while True:
+                    woken.append(await feed.receive())
+
+            nursery.start_soon(viewer)
+            await trio.sleep(1)
+            assert len(sink.taken) >= 25 and woken == []
+            sink.full = True
+            await sink.finishing.wait()  # one packet went in part: the viewer finishes it
+            taken_before = len(sink.taken)
+            await trio.sleep(0.1)
+            waiting = feed.statistics().pending
+            assert woken == [] and waiting >= 2
+            sink.full = False
+            sink.drained.set()
+            await trio.sleep(1)
+            # The packets published meanwhile are sent the ordinary way, then the sink resumes.
+            assert len(woken) == waiting and len(sink.taken) > taken_before + 25
+            nursery.cancel_scope.cancel()
+        delivered = sorted(sink.taken + woken, key=lambda packet: packet.frame_number)
+        assert_decodable(delivered)
+        numbers = [packet.frame_number for packet in delivered]
+        assert numbers == list(range(numbers[0], numbers[-1] + 1))
+        assert feed.statistics().delivered == len(delivered)
+
+
+async def test_a_viewer_whose_sink_never_drains_skips_then_is_evicted(autojump_clock):
+    async with encoder_pool(keyframe_interval=1.0, backlog=5, feed_deadline=2.0) as pool:
+        capture = FakeCapture()
+        sink = SocketLikeSink()
+        with pytest.raises(ViewerEvicted, match="more than 2s"):
+            async with (
+                pool.subscribe("device", capture.subscribe) as feed,
+                trio.open_nursery() as nursery,
+            ):
+                feed.deliver_to(sink)
+                sink.full = True
+                nursery.start_soon(feed.receive)
+                await sink.finishing.wait()
+                started = trio.current_time()
+                await trio.sleep(10)
+        assert 2.0 < trio.current_time() - started < 3.0
+        assert feed.statistics().skips >= 1
+        assert pool.get("device").evicted == 1

@@ -50,11 +50,14 @@ import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
+from wsproto.connection import ConnectionState as WebSocketState
 
+from .frame_writer import FRAME_WRITER, FrameWriter
 from .json_codec import encode_json
 
 log = logging.getLogger("bridge_actors.server")
@@ -190,10 +193,19 @@ class AppQueue:
 
 
 class _AppTaskGroup(TaskGroup):
-    """Hypercorn's task group, with an :class:`AppQueue` between each app and its events."""
+    """Hypercorn's task group, with an :class:`AppQueue` between each app and its events,
+    and a WebSocket app's :class:`FrameWriter` in its scope."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self._connection = connection
 
     async def spawn_app(self, app, config, scope, send):
         queue = AppQueue(config.max_app_queue_size)
+        stream = getattr(send, "__self__", None)
+        if scope["type"] == "websocket" and isinstance(stream, WSStream):
+            writer = self._connection.frame_writer_for(stream)
+            scope.setdefault("extensions", {})[FRAME_WRITER] = writer
 
         async def run_app() -> None:
             try:
@@ -273,22 +285,48 @@ class ReadDeadline:
 class Connection(TCPServer):
     """Hypercorn's TCPServer (plain TCP) with app queues and read deadlines.
 
-    It differs from Hypercorn's in two places: the task group gives every app an
-    :class:`AppQueue`, and before each read the loop asks the deadline how long
-    the client may take; when that runs out it answers 408 (the client is still
-    sending, so it is still there to read it) and closes.
+    It differs from Hypercorn's in three places: the task group gives every app an
+    :class:`AppQueue`; before each read the loop asks the deadline how long the
+    client may take, and when that runs out it answers 408 (the client is still
+    sending, so it is still there to read it) and closes; and a WebSocket gets a
+    :class:`FrameWriter`, whose leftover bytes every send puts on the wire first.
     """
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float) -> None:
         super().__init__(*args)
         self.read_deadline = ReadDeadline(header_timeout, body_timeout)
+        self.frame_writer: FrameWriter | None = None
+
+    def frame_writer_for(self, stream: WSStream) -> FrameWriter:
+        def is_open() -> bool:
+            return (
+                stream.state == ASGIWebsocketState.CONNECTED
+                and not stream.closed
+                and stream.connection.state is WebSocketState.OPEN
+            )
+
+        self.frame_writer = FrameWriter(self.stream, self.send_lock, is_open)
+        return self.frame_writer
+
+    async def protocol_send(self, event: Any) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    if self.frame_writer is not None:
+                        await self.frame_writer.flush_locked()
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
 
     async def run(self) -> None:
         socket = self.stream.socket
         try:
             client = parse_socket_addr(socket.family, socket.getpeername())
             server = parse_socket_addr(socket.family, socket.getsockname())
-            async with _AppTaskGroup() as task_group:
+            async with _AppTaskGroup(self) as task_group:
                 self._task_group = task_group
                 self.protocol = HTTP11Only(
                     self.app,

@@ -58,6 +58,7 @@ from ..wire import (
 )
 from .abort import StuckSockets
 from .forwarded import connection_client
+from .frame_writer import FRAME_WRITER, FrameWriter, websocket_frame
 from .json_codec import decode_json, encode_json
 from .latencies import Latencies, ViewerClock
 from .webrtc import WebRTCViewers, serve_signalling
@@ -293,7 +294,8 @@ Body = Callable[[Any, str, Guard], Awaitable[None]]
 
 
 class H264Messages:
-    """The binary message of each recent H.264 packet, made once for all its viewers.
+    """The binary message of each recent H.264 packet, made once for all its viewers,
+    and the same as one whole WebSocket frame for the viewers written to at once.
 
     Packets are kept with their messages (so no id is reused while cached); the
     oldest go first. ``capacity`` covers any backlog a feed may have.
@@ -301,13 +303,22 @@ class H264Messages:
 
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
-        self._messages: dict[int, tuple[EncodedPacket, bytes]] = {}
+        self._messages: dict[int, list[Any]] = {}  # id -> [packet, message, frame or None]
         self.made = 0
 
     def message(self, packet: EncodedPacket, device: DeviceInfo) -> bytes:
+        return self._entry(packet, device)[1]
+
+    def frame(self, packet: EncodedPacket, device: DeviceInfo) -> bytes:
+        entry = self._entry(packet, device)
+        if entry[2] is None:
+            entry[2] = websocket_frame(entry[1])
+        return entry[2]
+
+    def _entry(self, packet: EncodedPacket, device: DeviceInfo) -> list[Any]:
         cached = self._messages.get(id(packet))
         if cached is not None and cached[0] is packet:
-            return cached[1]
+            return cached
         message = h264_message(
             packet.data,
             keyframe=packet.keyframe,
@@ -322,8 +333,33 @@ class H264Messages:
         self.made += 1
         if len(self._messages) >= self._capacity:
             del self._messages[next(iter(self._messages))]
-        self._messages[id(packet)] = (packet, message)
-        return message
+        entry = self._messages[id(packet)] = [packet, message, None]
+        return entry
+
+
+class H264Sink:
+    """A viewer's H.264 packets written at once to its idle connection (a PacketSink)."""
+
+    __slots__ = ("_clock", "_device", "_messages", "_writer")
+
+    def __init__(
+        self, writer: FrameWriter, messages: H264Messages, device: DeviceInfo, clock: ViewerClock
+    ) -> None:
+        self._writer = writer
+        self._messages = messages
+        self._device = device
+        self._clock = clock
+
+    def ready(self) -> bool:
+        return self._writer.ready()
+
+    def put(self, packet: EncodedPacket) -> bool:
+        done = self._writer.write_now(self._messages.frame(packet, self._device))
+        self._clock.sent(packet.captured_at, packet.input_seq)
+        return done
+
+    async def finish(self) -> None:
+        await self._writer.finish()
 
 
 class SocketHandlers:
@@ -442,6 +478,9 @@ class SocketHandlers:
         async with self.bridge.h264_feed(sid) as feed, trio.open_nursery() as nursery:
             guard(feed.lifeline)
             nursery.start_soon(_keyframe_requests, ws, feed)
+            writer = ws.scope.get("extensions", {}).get(FRAME_WRITER)
+            if writer is not None:
+                feed.deliver_to(H264Sink(writer, self.h264_messages, device, clock))
             async for packet in feed:
                 captured_at, input_seq = packet.captured_at, packet.input_seq
                 message = self.h264_messages.message(packet, device)
