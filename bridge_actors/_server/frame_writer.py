@@ -116,10 +116,6 @@ class FrameWriter:
         self._partial += 1
         return False
 
-    @property
-    def has_backlog(self) -> bool:
-        return self._backlog is not None
-
     async def finish(self) -> None:
         """Send what :meth:`write_now` left over, ahead of anything else."""
         await trio.lowlevel.checkpoint()
