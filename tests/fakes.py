@@ -49,6 +49,33 @@ def settings(tmp_path, **overrides) -> Settings:
     return Settings(**values)
 
 
+class SocketLikeSink:
+    """A handoff Sink shaped like a socket: takes items whole until it is ``full``; what
+    it could not take is finished by the viewer's task once ``drained`` is set."""
+
+    def __init__(self, *, shielded: bool = False) -> None:
+        self.taken: list[Any] = []
+        self.shielded = shielded
+        self.full = False
+        self.left_over = False
+        self.drained = trio.Event()
+        self.finishing = trio.Event()
+
+    def ready(self) -> bool:
+        return not self.left_over
+
+    def put(self, item: Any) -> bool:
+        self.taken.append(item)
+        self.left_over = self.full
+        return not self.full
+
+    async def finish(self) -> None:
+        self.finishing.set()
+        with trio.CancelScope(shield=self.shielded):  # as a socket finishes half a message
+            await self.drained.wait()
+        self.left_over = False
+
+
 class CrashingBackend(SimulatedBackend):
     """The simulated device, whose capture crashes after ``frames_per_run`` frames
     for the first ``crashes`` runs (forever when ``crashes`` is None)."""

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
+from fakes import SocketLikeSink
 
 from bridge_actors import CaptureFailed, ViewerEvicted
 from bridge_actors._backends.simulated import run_on_event_loop
@@ -270,31 +271,6 @@ async def test_a_codec_failure_ends_every_feed_with_capture_failed(autojump_cloc
             assert (await feed.receive()).keyframe
             assert pool.get("device").state == "running"
         nursery.cancel_scope.cancel()
-
-
-class SocketLikeSink:
-    """A PacketSink shaped like a socket: takes packets whole until it is full; what it
-    could not take is finished by the viewer's task once it drains."""
-
-    def __init__(self) -> None:
-        self.taken: list[EncodedPacket] = []
-        self.full = False
-        self.left_over = False
-        self.drained = trio.Event()
-        self.finishing = trio.Event()
-
-    def ready(self) -> bool:
-        return not self.left_over
-
-    def put(self, packet: EncodedPacket) -> bool:
-        self.taken.append(packet)
-        self.left_over = self.full
-        return not self.full
-
-    async def finish(self) -> None:
-        self.finishing.set()
-        await self.drained.wait()
-        self.left_over = False
 
 
 async def test_a_sleeping_viewer_is_delivered_to_by_its_sink_and_woken_for_what_is_left(

@@ -50,6 +50,7 @@ import trio
 
 from .._device import Frame
 from .._errors import CaptureFailed, CaptureStopped, ServerBusy, ViewerEvicted
+from .._services.handoff import Handoff, Sink
 from .._services.lifeline import Lifeline
 from .._services.supervision import Supervisor
 from .h264 import (
@@ -100,24 +101,6 @@ class FrameEncoder(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class PacketSink(Protocol):
-    """Where a feed's packets can go at once, from the publisher, while its viewer's task sleeps.
-
-    The server gives a feed one for a viewer whose connection it can write to
-    without waiting (see :meth:`H264Feed.deliver_to`).
-    """
-
-    def ready(self) -> bool:
-        """Whether :meth:`put` may be called now."""
-        ...
-
-    def put(self, packet: EncodedPacket) -> bool:
-        """Deliver at once; False if the viewer's task must :meth:`finish` it."""
-        ...
-
-    async def finish(self) -> None: ...
 
 
 EncoderFactory = Callable[[int, int], FrameEncoder]
@@ -287,22 +270,19 @@ class H264Feed:
     The first packet is always a keyframe. Raises why the feed ended
     (ViewerEvicted, CaptureStopped, CaptureFailed) once nothing is left to take.
 
-    With a :class:`PacketSink` (:meth:`deliver_to`), a packet published while the
-    viewer's task waits in :meth:`receive` and the sink is ready goes to the sink
-    there and then, and the task sleeps on: it wakes only for what the sink cannot
-    take at once. The slot's flow control is the same either way.
+    With a sink (:meth:`deliver_to`, see :mod:`.._services.handoff`), a packet
+    published while the viewer's task waits in :meth:`receive` goes to the sink
+    there and then, and the task sleeps on.
     """
 
     def __init__(self, service: EncoderService, slot: FeedSlot) -> None:
         self._service = service
         self._slot = slot
-        self._lot = trio.lowlevel.ParkingLot()
-        self._sink: PacketSink | None = None
-        self._sink_unfinished = False
+        self._handoff: Handoff[EncodedPacket] = Handoff()
         self.lifeline = Lifeline()
 
-    def deliver_to(self, sink: PacketSink | None) -> None:
-        self._sink = sink
+    def deliver_to(self, sink: Sink[EncodedPacket] | None) -> None:
+        self._handoff.deliver_to(sink)
 
     @property
     def key(self) -> int:
@@ -320,15 +300,13 @@ class H264Feed:
     async def receive(self) -> EncodedPacket:
         await trio.lowlevel.checkpoint()
         while True:
-            if self._sink_unfinished and self._sink is not None:
-                self._sink_unfinished = False
-                await self._sink.finish()
+            await self._handoff.finish()
             if self.lifeline.reason is not None:
                 raise self.lifeline.reason
             packet = self._slot.take(trio.current_time())
             if packet is not None:
                 return packet
-            await self._lot.park()
+            await self._handoff.wait()
 
     def __aiter__(self) -> H264Feed:
         return self
@@ -337,19 +315,10 @@ class H264Feed:
         return await self.receive()
 
     def _wake(self) -> None:
-        self._lot.unpark_all()
+        self._handoff.wake()
 
     def _offered(self, now: float) -> None:
-        """A packet went into the slot: hand it to the sink if the viewer sleeps, else wake it."""
-        sink = self._sink
-        if sink is not None and len(self._lot) and not self._sink_unfinished and sink.ready():
-            while (packet := self._slot.take(now)) is not None:
-                if not sink.put(packet):
-                    self._sink_unfinished = True
-                    break
-            else:
-                return
-        self._lot.unpark_all()
+        self._handoff.offered(self._slot.take, now)
 
     def close(self, reason: BaseException) -> None:
         self.lifeline.cut(reason)
