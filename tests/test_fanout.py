@@ -1,7 +1,9 @@
 """The fan-out drop policy, driven without an event loop."""
 
 import pytest
-from fakes import make_frame
+import trio
+import trio.testing
+from fakes import SocketLikeSink, make_frame
 
 from bridge_actors import Frame, ViewerEvicted
 from bridge_actors._services.fanout import Fanout, ViewerSlot
@@ -139,3 +141,107 @@ def test_a_rate_capped_viewer_waiting_between_frames_is_not_stalled():
     for seq in range(301, 360):
         fanout.publish(frame(seq), now=seq / 30)
     assert isinstance(capped.lifeline.reason, ViewerEvicted)
+
+
+# --- viewers written to at once (a handoff sink), under a MockClock ---
+
+
+async def publish_at_30_fps(fanout: Fanout, count: int) -> None:
+    for seq in range(1, count + 1):
+        fanout.publish(frame(seq))
+        await trio.sleep(1 / 30)
+
+
+async def test_a_sleeping_viewer_is_written_to_by_its_sink_and_woken_for_what_is_left(
+    autojump_clock,
+):
+    fanout = Fanout(capacity=2, deadline=5.0)
+    viewer = fanout.add()
+    sink = SocketLikeSink()
+    viewer.deliver_to(sink)
+    woken: list[Frame] = []
+
+    async def watch() -> None:
+        while True:
+            woken.append(await viewer.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(publish_at_30_fps, fanout, 150)
+        await trio.sleep(1)
+        assert len(sink.taken) >= 29 and woken == []  # not one wake-up for 30 frames
+        sink.full = True
+        await sink.finishing.wait()  # a frame went in part: the viewer's task finishes it
+        taken_before = len(sink.taken)
+        await trio.sleep(0.5)
+        assert woken == [] and len(viewer._slot.pending) == 2  # the slot's policy holds
+        sink.full = False
+        sink.drained.set()
+        await trio.sleep(1)
+        # What waited is sent the ordinary way, then the sink takes over again.
+        assert len(woken) == 2 and len(sink.taken) >= taken_before + 29
+        nursery.cancel_scope.cancel()
+    stats = viewer.statistics()
+    seqs = [f.seq for f in sorted(sink.taken + woken, key=lambda f: f.seq)]
+    assert seqs == sorted(set(seqs))
+    assert stats.delivered == len(seqs) and stats.delivered + stats.dropped + stats.pending == (
+        fanout.frames_in
+    )
+    assert stats.dropped >= 10  # the half second the socket was full
+
+
+async def test_a_viewer_whose_sink_never_drains_is_evicted_after_the_deadline(autojump_clock):
+    fanout = Fanout(capacity=2, deadline=2.0)
+    viewer = fanout.add()
+    keeping_up = fanout.add()
+    sink, other = SocketLikeSink(), SocketLikeSink()
+    sink.full = True
+    viewer.deliver_to(sink)
+    keeping_up.deliver_to(other)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keeping_up.receive)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(publish_at_30_fps, fanout, 300)
+        with pytest.raises(ViewerEvicted, match="more than 2s"), viewer.lifeline.held():
+            await viewer.receive()  # woken once for the frame left over, then stuck finishing it
+        assert 2.0 < trio.current_time() < 2.2
+        await trio.sleep(1)  # the viewer that keeps up is still written to
+        nursery.cancel_scope.cancel()
+    assert len(other.taken) == fanout.frames_in and not keeping_up.lifeline.cut_already
+    assert fanout.statistics().evicted == 1
+
+
+async def test_a_viewer_cut_while_finishing_shielded_ends_by_its_lifeline(autojump_clock):
+    """The cut is seen as the cancellation of the viewer's scope, never as a bare
+    exception out of receive() that a nursery in that scope would wrap in a group."""
+    fanout = Fanout(capacity=1, deadline=1.0)
+    viewer = fanout.add()
+    sink = SocketLikeSink(shielded=True)
+    sink.full = True
+    viewer.deliver_to(sink)
+    viewer.lifeline.on_cut(sink.drained.set)  # an evicted viewer's socket is aborted
+    with pytest.raises(ViewerEvicted, match="more than 1s"), viewer.lifeline.held():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish_at_30_fps, fanout, 100)
+            async for _ in viewer:
+                pass
+
+
+async def test_a_busy_viewer_is_woken_not_written_to(autojump_clock):
+    """The sink is used only while the viewer's task sleeps in receive(): one that is
+    still sending the ordinary way takes its next frame itself."""
+    fanout = Fanout(capacity=1, deadline=5.0)
+    viewer = fanout.add()
+    sink = SocketLikeSink()
+    viewer.deliver_to(sink)
+    fanout.publish(frame(1))  # nobody waits yet
+    assert sink.taken == [] and (await viewer.receive()).seq == 1
+
+
+def test_a_rate_capped_viewer_takes_no_sink():
+    fanout = Fanout()
+    capped = fanout.add(max_fps=5)
+    with pytest.raises(ValueError, match="max_fps"):
+        capped.deliver_to(SocketLikeSink())
+    capped.deliver_to(None)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import av
 import trio
 from conftest import close_of, next_json, open_ws
-from raw import PATIENCE, raw_websocket, wait_until
-from wsproto.connection import Connection as WebSocketConnection
-from wsproto.connection import ConnectionType
-from wsproto.events import BytesMessage, CloseConnection
 
 from bridge_actors import parse_binary_header
 from bridge_actors.wire import CODEC_H264
@@ -80,52 +75,3 @@ async def test_unknown_session_closes_with_4004(server):
     async with open_ws(server.ws_url("nope", "video", "format=binary&codec=h264")) as ws:
         code, _ = await close_of(ws)
     assert code == 4004
-
-
-def feed_skips(server) -> int:
-    return sum(
-        feed.skips
-        for service in server.bridge.encoders.services()
-        for feed in service.statistics().per_feed
-    )
-
-
-async def test_a_viewer_that_falls_behind_reads_whole_frames_up_to_a_clean_close(server):
-    """What the socket could not take at once is finished before anything else, so every
-    byte a slow client reads parses: whole messages, a skip to a keyframe, then the close."""
-    sid = server.session_id
-    path = f"/ws/{sid}/video?format=binary&codec=h264"
-    async with raw_websocket(server.port, path, receive_buffer=4096) as stream:
-        await wait_until(lambda: feed_skips(server) >= 1)
-        client = WebSocketConnection(ConnectionType.CLIENT)
-        messages: list[bytes] = []
-        partial = b""
-        closing = None
-        with trio.fail_after(PATIENCE):
-            while closing is None:
-                if len(messages) == 20:
-                    response = await server.http.delete(f"/api/sessions/{sid}")
-                    assert response.status_code == 200
-                data = await stream.receive_some(65536)
-                assert data, "the server closed without a close frame"
-                client.receive_data(data)
-                for event in client.events():
-                    if isinstance(event, CloseConnection):
-                        closing = event
-                    else:
-                        assert isinstance(event, BytesMessage), event
-                        partial += event.data
-                        if event.message_finished:
-                            messages.append(partial)
-                            partial = b""
-    assert closing.code in (1001, 4004) and not partial, closing
-    headers = [parse_binary_header(message) for message in messages]
-    assert all(header["codec"] == CODEC_H264 for header in headers)
-    seqs = [header["seq"] for header in headers]
-    assert seqs == sorted(set(seqs))
-    pairs = itertools.pairwise(headers)
-    skips = [after for before, after in pairs if after["seq"] != before["seq"] + 1]
-    assert skips and all(after["keyframe"] for after in skips)
-    decoder = av.CodecContext.create("h264", "r")
-    pictures = [p for h in headers for p in decoder.decode(av.Packet(h["payload"]))]
-    assert len(pictures) == len(headers)

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["FRAME_WRITER", "FrameWriter", "FrameWriterStatistics", "websocket_frame"]
+__all__ = [
+    "FRAME_WRITER",
+    "FrameWriter",
+    "FrameWriterStatistics",
+    "WrittenAtOnce",
+    "websocket_frame",
+]
 
 # The ASGI scope extension under which a WebSocket's FrameWriter is found.
 FRAME_WRITER = "bridge.frame_writer"
@@ -60,6 +66,15 @@ class FrameWriterStatistics:
     finished: int  # of those, finished by the viewer's task
     broken: bool
     backlog_bytes: int
+
+
+@dataclass(slots=True)
+class WrittenAtOnce:
+    """Frames of one stream format that their publisher wrote to a viewer's socket:
+    ``whole``, or ``in_part`` (the rest finished by the viewer's task)."""
+
+    whole: int = 0
+    in_part: int = 0
 
 
 class FrameWriter:

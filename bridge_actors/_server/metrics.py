@@ -24,6 +24,7 @@ from .._bridge import Bridge
 from .._services.histogram import HistogramStatistics
 from .._services.looplag import LoopLag
 from .._services.warden import WardenTier
+from .frame_writer import WrittenAtOnce
 from .latencies import Latencies
 from .shared_admission import SharedAdmission
 
@@ -314,6 +315,25 @@ class AdmissionCollector(Collector):
             "Ended connections whose place Redis has not taken back yet.",
             stats.pending_releases,
         )
+
+
+class WrittenAtOnceCollector(Collector):
+    """Frames their publisher wrote straight to viewers' sockets (see :mod:`.frame_writer`)."""
+
+    def __init__(self, totals: Mapping[str, WrittenAtOnce]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        written = CounterMetricFamily(
+            "bridge_frames_written_at_once",
+            "Video messages written to an idle viewer's socket by their publisher, without"
+            " waking the viewer's task: whole, or in part (the rest sent by the viewer's task).",
+            labels=["format", "written"],
+        )
+        for fmt, totals in self._totals.items():
+            written.add_metric([fmt, "whole"], totals.whole)
+            written.add_metric([fmt, "in_part"], totals.in_part)
+        yield written
 
 
 class LatencyCollector(Collector):

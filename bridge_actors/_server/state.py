@@ -22,7 +22,7 @@ from .abort import StuckSockets
 from .authmetrics import AuthCollector
 from .control_admission import admit_control
 from .guard import Gatekeeper
-from .metrics import LatencyCollector, make_registry
+from .metrics import LatencyCollector, WrittenAtOnceCollector, make_registry
 from .probes import Probes
 from .uploads import UploadSlots
 from .ws import OpenSockets, SocketHandlers
@@ -63,6 +63,7 @@ class AppState:
         self.metrics = make_registry(self.bridge, self.extra_metrics, self.loop_lag)
         self.metrics.register(AuthCollector(self.gate))
         self.metrics.register(LatencyCollector(self.handlers.latencies))
+        self.metrics.register(WrittenAtOnceCollector(self.handlers.written_at_once))
 
     def extra_metrics(self) -> dict[str, float]:
         return {

@@ -19,14 +19,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 from quart import websocket
 
 from .._bridge import Bridge
 from .._controls import parse_control
-from .._device import DeviceInfo, LogLine
+from .._device import DeviceInfo, Frame, LogLine
 from .._errors import (
     BadInput,
     BridgeError,
@@ -58,7 +58,7 @@ from ..wire import (
 )
 from .abort import StuckSockets
 from .forwarded import connection_client
-from .frame_writer import FRAME_WRITER, FrameWriter, websocket_frame
+from .frame_writer import FRAME_WRITER, FrameWriter, WrittenAtOnce, websocket_frame
 from .json_codec import decode_json, encode_json
 from .latencies import Latencies, ViewerClock
 from .webrtc import WebRTCViewers, serve_signalling
@@ -337,25 +337,52 @@ class H264Messages:
         return entry
 
 
-class H264Sink:
-    """A viewer's H.264 packets written at once to its idle connection (a PacketSink)."""
+class _Sent(Protocol):
+    @property
+    def captured_at(self) -> float: ...
+    @property
+    def input_seq(self) -> int: ...
 
-    __slots__ = ("_clock", "_device", "_messages", "_writer")
+
+Item = TypeVar("Item", bound=_Sent)
+
+
+def framed_binary_frame(frame: Frame) -> bytes:
+    """:func:`binary_frame` as one whole WebSocket frame: made once, shared by every viewer."""
+    return frame.shared(_framed_binary_frame)
+
+
+def _framed_binary_frame(frame: Frame) -> bytes:
+    return websocket_frame(binary_frame(frame))
+
+
+class SocketSink(Generic[Item]):
+    """A viewer's frames or packets written at once to its idle connection (a handoff Sink)."""
+
+    __slots__ = ("_clock", "_framed", "_totals", "_writer")
 
     def __init__(
-        self, writer: FrameWriter, messages: H264Messages, device: DeviceInfo, clock: ViewerClock
+        self,
+        writer: FrameWriter,
+        framed: Callable[[Item], bytes],
+        clock: ViewerClock,
+        totals: WrittenAtOnce,
     ) -> None:
         self._writer = writer
-        self._messages = messages
-        self._device = device
+        self._framed = framed
         self._clock = clock
+        self._totals = totals
 
     def ready(self) -> bool:
         return self._writer.ready()
 
-    def put(self, packet: EncodedPacket) -> bool:
-        done = self._writer.write_now(self._messages.frame(packet, self._device))
-        self._clock.sent(packet.captured_at, packet.input_seq)
+    def put(self, item: Item) -> bool:
+        done = self._writer.write_now(self._framed(item))
+        self._clock.sent(item.captured_at, item.input_seq)
+        if done:
+            self._totals.whole += 1
+        else:
+            self._totals.in_part += 1
         return done
 
     async def finish(self) -> None:
@@ -372,6 +399,7 @@ class SocketHandlers:
         # Asked before each control is applied: None, or why the connection may not.
         self.admit_control: Callable[[str, object], str | None] = lambda _sid, _event: None
         self.h264_messages = H264Messages()
+        self.written_at_once = {"binary": WrittenAtOnce(), "h264": WrittenAtOnce()}
         self.latencies = Latencies()
         self.webrtc_viewers = WebRTCViewers(bridge.settings)
         # In a cluster: why a session this instance does not hold is not here (owned by
@@ -450,6 +478,10 @@ class SocketHandlers:
                 # Each loop lets go of its frame before waiting for the next: a viewer
                 # capped at 1 fps would otherwise keep a whole frame alive for a second.
                 if binary:
+                    writer = _frame_writer(ws)
+                    if writer is not None and not max_fps:
+                        totals = self.written_at_once["binary"]
+                        viewer.deliver_to(SocketSink(writer, framed_binary_frame, clock, totals))
                     async for frame in viewer:
                         captured_at, input_seq = frame.captured_at, frame.input_seq
                         message = binary_frame(frame)
@@ -478,9 +510,10 @@ class SocketHandlers:
         async with self.bridge.h264_feed(sid) as feed, trio.open_nursery() as nursery:
             guard(feed.lifeline)
             nursery.start_soon(_keyframe_requests, ws, feed)
-            writer = ws.scope.get("extensions", {}).get(FRAME_WRITER)
+            writer = _frame_writer(ws)
             if writer is not None:
-                feed.deliver_to(H264Sink(writer, self.h264_messages, device, clock))
+                framed = functools.partial(self.h264_messages.frame, device=device)
+                feed.deliver_to(SocketSink(writer, framed, clock, self.written_at_once["h264"]))
             async for packet in feed:
                 captured_at, input_seq = packet.captured_at, packet.input_seq
                 message = self.h264_messages.message(packet, device)
@@ -678,6 +711,11 @@ async def _close(ws, close: Close) -> None:
     with contextlib.suppress(*_GONE):
         await ws.close(close.code, close_reason(close.reason))
     await trio.lowlevel.checkpoint()
+
+
+def _frame_writer(ws) -> FrameWriter | None:
+    """The connection's writer for frames sent at once, if the server gives one (ours does)."""
+    return ws.scope.get("extensions", {}).get(FRAME_WRITER)
 
 
 def _peer(ws) -> tuple[str, int] | None:

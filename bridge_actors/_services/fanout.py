@@ -5,6 +5,9 @@ most ``capacity`` frames (1 or 2) and a new frame pushes out the oldest unsent
 one. A viewer that takes nothing while frames wait for it longer than the
 deadline is evicted, so a client that stopped reading costs the others nothing
 and is noticed without any periodic sweep.
+
+A viewer with a sink (:meth:`Viewer.deliver_to`) has its frames written by the
+producer while its task sleeps; see :mod:`.handoff`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import trio
 
 from .._device import Frame
 from .._errors import ViewerEvicted
+from .handoff import Handoff, Sink
 from .lifeline import Lifeline
 
 
@@ -95,7 +99,7 @@ class Viewer:
     def __init__(self, fanout: Fanout, slot: ViewerSlot, max_fps: float | None) -> None:
         self._fanout = fanout
         self._slot = slot
-        self._lot = trio.lowlevel.ParkingLot()
+        self._handoff: Handoff[Frame] = Handoff()
         self.lifeline = Lifeline()
         self.max_fps = max_fps
         # A rate-capped viewer leaves frames waiting on purpose between two takes;
@@ -107,12 +111,22 @@ class Viewer:
     def key(self) -> int:
         return self._slot.key
 
+    def deliver_to(self, sink: Sink[Frame] | None) -> None:
+        """Have frames offered while this viewer waits written to ``sink`` at once.
+
+        Only for a viewer without a rate cap: a capped viewer's pacing lives in its task.
+        """
+        if self.max_fps and sink is not None:
+            raise ValueError("a viewer capped at max_fps takes its frames in its own task")
+        self._handoff.deliver_to(sink)
+
     async def receive(self) -> Frame:
         if self.max_fps:
             await trio.sleep_until(self._next_allowed)
         else:
             await trio.lowlevel.checkpoint()
         while True:
+            await self._handoff.finish()
             if self.lifeline.reason is not None:
                 raise self.lifeline.reason
             now = trio.current_time()
@@ -121,7 +135,7 @@ class Viewer:
                 if self.max_fps:
                     self._next_allowed = max(self._next_allowed + 1 / self.max_fps, now)
                 return frame
-            await self._lot.park()
+            await self._handoff.wait()
 
     def __aiter__(self) -> Viewer:
         return self
@@ -130,7 +144,10 @@ class Viewer:
         return await self.receive()
 
     def _wake(self) -> None:
-        self._lot.unpark_all()
+        self._handoff.wake()
+
+    def _offered(self, now: float) -> None:
+        self._handoff.offered(self._slot.take, now)
 
     def close(self, reason: BaseException) -> None:
         self.lifeline.cut(reason)
@@ -209,7 +226,7 @@ class Fanout:
                 continue
             slot.offer(frame, now)
             self.frames_offered += 1
-            viewer._wake()
+            viewer._offered(now)
 
     def close_all(self, reason: type[BaseException], message: str) -> None:
         """End every viewer, each with its own exception object (each raises it in its own task)."""

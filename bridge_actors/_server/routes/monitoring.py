@@ -53,6 +53,7 @@ async def stats() -> dict[str, Any]:
         "session_creations_refused": state.creations_refused,
         "auth": state.gate.statistics(),
         "webrtc": await state.handlers.webrtc_viewers.statistics_document(),
+        "written_at_once": views.plain(state.handlers.written_at_once),
     }
     document = views.stats_document(state.bridge.statistics(), server)
     document["instance"] = state.bridge.settings.instance_id
