@@ -63,6 +63,7 @@ __all__ = [
     "TRY_AGAIN_LATER",
     "UNAUTHORIZED",
     "binary_frame",
+    "binary_message",
     "encode_binary_header",
     "h264_message",
     "jpeg_base64",
@@ -156,7 +157,8 @@ def parse_binary_header(message: bytes) -> dict[str, Any]:
     }
 
 
-def _binary_message(frame: Frame) -> bytes:
+def binary_message(frame: Frame) -> bytes:
+    """The ``?format=binary`` message of ``frame``, made anew (see :func:`binary_frame`)."""
     header = encode_binary_header(
         seq=frame.seq,
         timestamp=frame.timestamp,
@@ -171,7 +173,7 @@ def _binary_message(frame: Frame) -> bytes:
 
 def binary_frame(frame: Frame) -> bytes:
     """The ``?format=binary`` message of ``frame``: made once, shared by every viewer."""
-    return frame.shared(_binary_message)
+    return frame.shared(binary_message)
 
 
 def h264_message(

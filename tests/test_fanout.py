@@ -182,6 +182,8 @@ async def test_a_sleeping_viewer_is_written_to_by_its_sink_and_woken_for_what_is
         # What waited is sent the ordinary way, then the sink takes over again.
         assert len(woken) == 2 and len(sink.taken) >= taken_before + 29
         nursery.cancel_scope.cancel()
+    before, after = sink.taken[:taken_before], sink.taken[taken_before:]
+    assert before[-1].seq < woken[0].seq < woken[1].seq < after[0].seq  # in the order published
     stats = viewer.statistics()
     seqs = [f.seq for f in sorted(sink.taken + woken, key=lambda f: f.seq)]
     assert seqs == sorted(set(seqs))
@@ -246,3 +248,20 @@ def test_a_rate_capped_viewer_takes_no_sink():
     with pytest.raises(ValueError, match="max_fps"):
         capped.deliver_to(SocketLikeSink())
     capped.deliver_to(None)
+
+
+async def test_sinks_change_only_between_frames(autojump_clock):
+    fanout = Fanout(capacity=2, deadline=5.0)
+    viewer = fanout.add()
+    sink = SocketLikeSink()
+    sink.full = True
+    viewer.deliver_to(sink)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(viewer.receive)
+        await trio.testing.wait_all_tasks_blocked()
+        fanout.publish(frame(1))  # written in part: the viewer's task must finish it
+        with pytest.raises(RuntimeError, match="finish"):
+            viewer.deliver_to(SocketLikeSink())
+        await sink.finishing.wait()
+        viewer.deliver_to(None)  # the task has taken the rest over
+        nursery.cancel_scope.cancel()

@@ -18,7 +18,8 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from bridge_actors._server.connection import Connection
-from bridge_actors._server.frame_writer import TEXT, websocket_frame
+from bridge_actors._server.frame_writer import TEXT, WrittenAtOnce, websocket_frame
+from bridge_actors._server.ws import SocketSink
 
 BIG = 4 << 20  # more than any socket buffer takes at once
 
@@ -135,3 +136,45 @@ async def test_a_client_that_left_breaks_the_writer_and_nothing_is_left_to_finis
     assert writer.write_now(websocket_frame(b"late"))
     assert writer.statistics().broken and not writer.ready()
     await writer.finish()  # nothing to do, and it does not raise
+
+
+def socket_sink(writer) -> tuple[SocketSink, list[tuple[float, int]], WrittenAtOnce]:
+    """A SocketSink framing bytes items; the list gets what its clock was told was sent."""
+    sent: list[tuple[float, int]] = []
+    clock = SimpleNamespace(
+        sent=lambda captured_at, input_seq: sent.append((captured_at, input_seq))
+    )
+    totals = WrittenAtOnce()
+    return SocketSink(writer, websocket_frame, clock, totals), sent, totals
+
+
+def item(payload: bytes, seq: int) -> bytes:
+    class Sent(bytes):
+        captured_at = float(seq)
+        input_seq = seq
+
+    return Sent(payload)
+
+
+async def test_a_socket_sink_counts_a_message_as_sent_once_the_socket_has_all_of_it():
+    """The delivery clock of a message written in part runs until its rest is sent."""
+    connection, client = connection_pair()
+    sink, sent, totals = socket_sink(connection.frame_writer_for(websocket_stream()))
+    assert sink.put(item(b"small", 1)) and sent == [(1.0, 1)]
+    await read_exactly(client, len(websocket_frame(b"small")))
+    big = b"b" * BIG
+    assert not sink.put(item(big, 2)) and sent == [(1.0, 1)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.finish)
+        assert await read_exactly(client, len(websocket_frame(big))) == websocket_frame(big)
+    assert sent == [(1.0, 1), (2.0, 2)]
+    assert (totals.whole, totals.in_part) == (1, 1)
+
+
+async def test_a_socket_sink_whose_client_left_counts_nothing():
+    connection, client = connection_pair()
+    sink, sent, totals = socket_sink(connection.frame_writer_for(websocket_stream()))
+    client.close()
+    assert sink.put(item(b"late", 1))
+    await sink.finish()
+    assert sent == [] and (totals.whole, totals.in_part) == (0, 0)

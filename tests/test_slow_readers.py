@@ -44,9 +44,11 @@ async def read_slowly_until_closed(server, query: str, fell_behind) -> list[dict
         messages: list[bytes] = []
         partial = b""
         closing = None
+        deleted = False
         with trio.fail_after(PATIENCE):
             while closing is None:
-                if len(messages) == 20:
+                if len(messages) >= 20 and not deleted:
+                    deleted = True
                     response = await server.http.delete(f"/api/sessions/{sid}")
                     assert response.status_code == 200
                 data = await stream.receive_some(65536)

@@ -52,6 +52,7 @@ from ..wire import (
     SESSION_FULL,
     TRY_AGAIN_LATER,
     binary_frame,
+    binary_message,
     h264_message,
     screenshot_message,
     video_frame_text,
@@ -353,13 +354,14 @@ def framed_binary_frame(frame: Frame) -> bytes:
 
 
 def _framed_binary_frame(frame: Frame) -> bytes:
-    return websocket_frame(binary_frame(frame))
+    # Not from binary_frame(): that would keep the unframed message alive as well.
+    return websocket_frame(binary_message(frame))
 
 
 class SocketSink(Generic[Item]):
     """A viewer's frames or packets written at once to its idle connection (a handoff Sink)."""
 
-    __slots__ = ("_clock", "_framed", "_totals", "_writer")
+    __slots__ = ("_clock", "_framed", "_totals", "_unsent", "_writer")
 
     def __init__(
         self,
@@ -372,21 +374,29 @@ class SocketSink(Generic[Item]):
         self._framed = framed
         self._clock = clock
         self._totals = totals
+        # (captured_at, input_seq) of the message written in part: sent once finished.
+        self._unsent: tuple[float, int] | None = None
 
     def ready(self) -> bool:
         return self._writer.ready()
 
     def put(self, item: Item) -> bool:
         done = self._writer.write_now(self._framed(item))
-        self._clock.sent(item.captured_at, item.input_seq)
+        if self._writer.broken:
+            return True  # the client is gone; the connection's reader ends the viewer
         if done:
             self._totals.whole += 1
+            self._clock.sent(item.captured_at, item.input_seq)
         else:
             self._totals.in_part += 1
+            self._unsent = (item.captured_at, item.input_seq)
         return done
 
     async def finish(self) -> None:
+        unsent, self._unsent = self._unsent, None
         await self._writer.finish()
+        if unsent is not None and not self._writer.broken:
+            self._clock.sent(*unsent)
 
 
 class SocketHandlers:

@@ -48,6 +48,10 @@ class Handoff(Generic[T]):
         self._unfinished = False
 
     def deliver_to(self, sink: Sink[T] | None) -> None:
+        if self._unfinished:
+            raise RuntimeError(
+                "the current sink has an item to finish: change sinks only between items"
+            )
         self._sink = sink
 
     async def finish(self) -> None:
