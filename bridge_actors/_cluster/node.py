@@ -140,13 +140,19 @@ class ClusterNode:
             try:
                 async with client:
                     self._client = client
-                    while True:
-                        await self.beat()
-                        backoff = BACKOFF_INITIAL
-                        if not started:
-                            started = True
-                            task_status.started()
-                        await trio.sleep(self.heartbeat)
+                    try:
+                        while True:
+                            await self.beat()
+                            backoff = BACKOFF_INITIAL
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await trio.sleep(self.heartbeat)
+                    finally:
+                        # Before the pool closes, which other tasks see happen: a call
+                        # started on a closing pool fails with coredis's RuntimeError,
+                        # not a Redis failure, and would reach its caller as our bug.
+                        self._client = None
             except BaseException as exc:
                 if not _is_redis_failure(exc):
                     raise
