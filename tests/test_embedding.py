@@ -116,8 +116,11 @@ async def test_a_failure_inside_under_an_outer_deadline_is_still_the_failure(
 ):
     config = bridge_settings(tmp_path, memory_check_interval=1.0)
     probe = FailingProbe()
-    with pytest.raises(RuntimeError, match="memory probe broke"), trio.move_on_after(60):
+    with pytest.raises(RuntimeError, match="memory probe broke"), trio.CancelScope() as outer:
         async with open_bridge(config, backends={"simulated": simulated()}, memory_probe=probe):
+            # Set once started: the mock clock jumps while startup waits on a worker
+            # thread, and would reach a deadline set before it.
+            outer.deadline = trio.current_time() + 60
             probe.broken = True
             await trio.sleep_forever()
 
