@@ -14,6 +14,7 @@ import trio_websocket
 from cluster import running_cluster_nginx, running_instances, running_redis
 from conftest import close_of
 
+from bridge_actors._cluster.node import ClusterNode, RedisUnavailable
 from bridge_actors.wire import SESSION_FULL, parse_binary_header
 
 LEASE = 1.0
@@ -254,3 +255,37 @@ def test_an_instance_id_that_the_proxy_could_not_route_is_refused(bad):
 
     with pytest.raises(InvalidSettings, match="instance_id"):
         Settings(instance_id=bad)
+
+
+async def test_a_read_whose_client_was_given_up_while_it_ran_is_redis_away_not_an_error():
+    """Redis lost mid-call: the heartbeat closes its client's pool under a reader, whose
+    call then fails with coredis's RuntimeError. A caller must see RedisUnavailable (an
+    admission falls back to the local limiter), never an internal error."""
+
+    async def device_types() -> tuple[str, ...]:
+        await trio.lowlevel.checkpoint()
+        return ("iPhone 15 (simulated)",)
+
+    async def connected() -> bool:
+        await trio.lowlevel.checkpoint()
+        return node.connected
+
+    async def lost() -> bool:
+        return not await connected()
+
+    with running_redis() as redis, trio.fail_after(60):
+        node = ClusterNode(
+            redis.url, "b1", lease=5.0, heartbeat=0.2, local_entries=list, device_types=device_types
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await eventually(connected, within=30)  # Redis may still be starting
+            assert await node.entry("none") is None
+            with pytest.raises(RedisUnavailable, match="failed"):
+                async with node._reading(within=30) as client:
+                    redis.stop()
+                    await eventually(lost, within=30)  # the heartbeat noticed, closed its pool
+                    await client.get("anything")
+            with pytest.raises(RedisUnavailable, match="not connected"):
+                await node.entry("none")
+            nursery.cancel_scope.cancel()

@@ -54,12 +54,19 @@ _REDIS_FAILURES = (
 )
 
 
-def _is_redis_failure(exc: BaseException) -> bool:
+def _is_redis_failure(exc: BaseException, *, client_retired: bool = False) -> bool:
     """Redis failed (its client's task group may wrap the errors), as opposed to a
-    cancellation or our own bug, which must go on up."""
+    cancellation or our own bug, which must go on up.
+
+    ``client_retired``: the call's client was given up while the call ran (Redis was
+    lost), and a call on a client whose pool has closed fails with coredis's
+    RuntimeError; that too is Redis being away.
+    """
     if isinstance(exc, BaseExceptionGroup):
-        return all(_is_redis_failure(inner) for inner in exc.exceptions)
-    return isinstance(exc, _REDIS_FAILURES)
+        return all(
+            _is_redis_failure(inner, client_retired=client_retired) for inner in exc.exceptions
+        )
+    return isinstance(exc, _REDIS_FAILURES) or (client_retired and isinstance(exc, RuntimeError))
 
 
 class RedisUnavailable(Exception):
@@ -246,10 +253,11 @@ class ClusterNode:
 
     async def publish(self) -> None:
         """A heartbeat now (after a create), or RedisUnavailable: the next beat lists it then."""
+        client = self._client
         try:
             await self.beat()
         except BaseException as exc:
-            if not _is_redis_failure(exc):
+            if not _is_redis_failure(exc, client_retired=client is not self._client):
                 raise
             raise RedisUnavailable(f"Redis at {self.redis_url} failed: {exc!r}") from exc
 
@@ -330,7 +338,7 @@ class ClusterNode:
         except trio.TooSlowError:
             raise RedisUnavailable(f"Redis at {self.redis_url} did not answer in time") from None
         except BaseException as exc:
-            if not _is_redis_failure(exc):
+            if not _is_redis_failure(exc, client_retired=client is not self._client):
                 raise
             raise RedisUnavailable(f"Redis at {self.redis_url} failed: {exc!r}") from exc
 
