@@ -350,6 +350,7 @@ class Bridge:
                 session.device,
                 lambda: session.applied_input_seq,
                 capacity=1,
+                needs_jpeg=False,
             )
 
         try:

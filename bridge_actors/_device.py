@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from ._controls import ControlEvent
 from ._errors import BadInput
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -98,6 +101,12 @@ class DeviceInfo:
 class Frame:
     """One captured, JPEG-encoded frame, shared by every viewer of its device.
 
+    A frame carries either its ``jpeg`` or, while no viewer of the device wants
+    JPEG (only its H.264 encoder watches), its unencoded ``rgb`` pixels: a capture
+    that paints its own pictures then skips a JPEG encode the encoder would only
+    decode again. A viewer that needs JPEG is never offered a frame without one,
+    so every frame from :meth:`Bridge.watch` has its ``jpeg``.
+
     What is the same for every viewer (a message built from the frame) is made
     once, on first use, through :meth:`shared`, and then reused by all of them.
     """
@@ -111,6 +120,7 @@ class Frame:
         "pixel_width",
         "point_height",
         "point_width",
+        "rgb",
         "seq",
         "timestamp",
     )
@@ -121,17 +131,21 @@ class Frame:
         seq: int,
         timestamp: float,
         captured_at: float,
-        jpeg: bytes,
+        jpeg: bytes | None,
         pixel_width: int,
         pixel_height: int,
         point_width: int,
         point_height: int,
         input_seq: int,
+        rgb: np.ndarray | None = None,
     ) -> None:
+        if (jpeg is None) == (rgb is None):
+            raise ValueError("a frame carries either its jpeg or its rgb pixels, exactly one")
         self.seq = seq
         self.timestamp = timestamp  # wall clock, epoch seconds
         self.captured_at = captured_at  # trio.current_time() at capture
         self.jpeg = jpeg
+        self.rgb = rgb  # (pixel_height, pixel_width, 3) uint8, when there is no jpeg
         self.pixel_width = pixel_width
         self.pixel_height = pixel_height
         self.point_width = point_width
@@ -156,7 +170,14 @@ class Frame:
             value = memo[make] = make(self)
             return value
 
+    @property
+    def picture(self) -> bytes | np.ndarray:
+        """What an encoder starts from: the JPEG, or the RGB pixels of a frame without one."""
+        return self.rgb if self.jpeg is None else self.jpeg
+
     def __repr__(self) -> str:
+        if self.jpeg is None:
+            return f"<Frame seq={self.seq} input_seq={self.input_seq} rgb {self.rgb.shape}>"
         return f"<Frame seq={self.seq} input_seq={self.input_seq} {len(self.jpeg)} bytes>"
 
 
@@ -236,6 +257,22 @@ class FrameSink(Protocol):
     ) -> None:
         """Hand one encoded frame to every viewer. Never blocks. ``point_size`` is the
         device's own unless given (a turned device gives its turned size)."""
+
+    @property
+    def wants_jpeg(self) -> bool:
+        """False while no viewer needs JPEG (only an H.264 encoder watches); a capture
+        that has its pictures as pixels may then :meth:`publish_rgb` them instead."""
+
+    def publish_rgb(
+        self,
+        rgb: np.ndarray,
+        *,
+        timestamp: float | None = None,
+        input_seq: int | None = None,
+        point_size: tuple[int, int] | None = None,
+    ) -> None:
+        """Hand one unencoded ``(height, width, 3)`` uint8 picture to the viewers that
+        encode pictures themselves. Never blocks; as :meth:`publish` otherwise."""
 
 
 @runtime_checkable

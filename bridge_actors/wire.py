@@ -168,7 +168,13 @@ def binary_message(frame: Frame) -> bytes:
         point_height=frame.point_height,
         input_seq=frame.input_seq,
     )
-    return header + frame.jpeg
+    return header + _jpeg_of(frame)
+
+
+def _jpeg_of(frame: Frame) -> bytes:
+    if frame.jpeg is None:
+        raise ValueError(f"frame {frame.seq} has no JPEG (it was captured for an encoder)")
+    return frame.jpeg
 
 
 def binary_frame(frame: Frame) -> bytes:
@@ -207,7 +213,7 @@ def h264_message(
 
 
 def _base64(frame: Frame) -> str:
-    return base64.b64encode(frame.jpeg).decode("ascii")
+    return base64.b64encode(_jpeg_of(frame)).decode("ascii")
 
 
 def jpeg_base64(frame: Frame) -> str:

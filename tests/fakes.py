@@ -116,11 +116,22 @@ class _CountingSink:
     async def wait_for_viewers(self) -> None:
         await self._inner.wait_for_viewers()
 
+    @property
+    def wants_jpeg(self) -> bool:
+        return self._inner.wants_jpeg
+
     def publish(self, jpeg, **kwargs) -> None:
+        self._count()
+        self._inner.publish(jpeg, **kwargs)
+
+    def publish_rgb(self, rgb, **kwargs) -> None:
+        self._count()
+        self._inner.publish_rgb(rgb, **kwargs)
+
+    def _count(self) -> None:
         if self._left <= 0:
             raise _Enough
         self._left -= 1
-        self._inner.publish(jpeg, **kwargs)
 
 
 # --- fake xcrun and idb ------------------------------------------------------------------------
@@ -629,10 +640,15 @@ def make_frame(seq: int = 1, **fields: Any) -> Frame:
 
 
 class RecordingSink:
-    """A FrameSink that keeps what it is given, with the trio time of each publish."""
+    """A FrameSink that keeps what it is given, with the trio time of each publish.
 
-    def __init__(self, input_seq: int = 0) -> None:
+    ``wants_jpeg`` is what a capture is told; with it False, a capture that can
+    publishes RGB pixels, kept here in place of the JPEG.
+    """
+
+    def __init__(self, input_seq: int = 0, *, wants_jpeg: bool = True) -> None:
         self.input_seq = input_seq
+        self.wants_jpeg = wants_jpeg
         self.frames: list[tuple[float, bytes, dict]] = []
         self._changed = trio.Event()
 
@@ -647,6 +663,9 @@ class RecordingSink:
         self.frames.append((trio.current_time(), jpeg, kwargs))
         self._changed.set()
         self._changed = trio.Event()
+
+    def publish_rgb(self, rgb, **kwargs) -> None:
+        self.publish(rgb, **kwargs)
 
     async def wait_for(self, count: int) -> None:
         while len(self.frames) < count:

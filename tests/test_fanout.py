@@ -1,11 +1,16 @@
-"""The fan-out drop policy, driven without an event loop."""
+"""The fan-out drop policy, driven without an event loop, and what a capture may publish."""
 
+import hypothesis.extra.numpy as hnp
+import numpy as np
 import pytest
 import trio
 import trio.testing
 from fakes import SocketLikeSink, make_frame
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge_actors import Frame, ViewerEvicted
+from bridge_actors import DeviceInfo, Frame, ViewerEvicted
+from bridge_actors._services.capture import CaptureConfig, CaptureService
 from bridge_actors._services.fanout import Fanout, ViewerSlot
 
 
@@ -115,6 +120,44 @@ def test_a_slow_viewer_skips_frames_but_is_not_evicted_while_it_makes_progress()
     assert got == list(range(10, 301, 10))
     assert not slow.lifeline.cut_already
     assert slow._slot.dropped == 300 - 30
+
+
+def pixels_frame(seq: int) -> Frame:
+    return make_frame(seq, captured_at=float(seq), jpeg=None, rgb=np.zeros((4, 2, 3), np.uint8))
+
+
+def test_a_frame_without_jpeg_reaches_only_viewers_that_encode_pictures_themselves():
+    fanout = Fanout(capacity=2, deadline=1.0)
+    assert fanout.jpeg_viewers == 0
+    encoder = fanout.add(capacity=1, needs_jpeg=False)
+    assert fanout.jpeg_viewers == 0
+    jpeg_viewer = fanout.add()
+    assert fanout.jpeg_viewers == 1
+    fanout.publish(pixels_frame(1), now=0.0)  # made before the JPEG viewer was counted
+    fanout.publish(frame(2), now=0.1)
+    assert [f.seq for f in jpeg_viewer._slot.pending] == [2]
+    assert encoder._slot.take(now=0.1).seq == 2 and encoder._slot.dropped == 1
+    assert jpeg_viewer._slot.take(now=0.1).seq == 2
+    # Frames it is never offered do not count against the JPEG viewer's deadline.
+    for seq in range(3, 40):
+        fanout.publish(pixels_frame(seq), now=seq * 0.1)
+        assert encoder._slot.take(now=seq * 0.1).seq == seq
+    assert not jpeg_viewer.lifeline.cut_already and not jpeg_viewer._slot.pending
+    fanout.remove(jpeg_viewer)
+    fanout.remove(jpeg_viewer)  # twice: still counted once
+    assert fanout.jpeg_viewers == 0
+    fanout.remove(encoder)
+    assert len(fanout) == 0 and fanout.jpeg_viewers == 0
+
+
+def test_a_frame_carries_exactly_one_of_jpeg_and_pixels():
+    with pytest.raises(ValueError, match="exactly one"):
+        make_frame(1, jpeg=None)
+    with pytest.raises(ValueError, match="exactly one"):
+        make_frame(1, rgb=np.zeros((4, 2, 3), np.uint8))
+    assert isinstance(pixels_frame(1).picture, np.ndarray)
+    assert frame(1).picture == frame(1).jpeg
+    assert "rgb (4, 2, 3)" in repr(pixels_frame(1))
 
 
 def test_close_all_gives_each_viewer_its_own_exception():
@@ -265,3 +308,56 @@ async def test_sinks_change_only_between_frames(autojump_clock):
         await sink.finishing.wait()
         viewer.deliver_to(None)  # the task has taken the rest over
         nursery.cancel_scope.cancel()
+
+
+# --- what a capture may publish ------------------------------------------------------------
+
+
+def _capture_service() -> CaptureService:
+    device = DeviceInfo(
+        udid="U",
+        name="n",
+        device_type="t",
+        ios_version="18.0",
+        point_width=2,
+        point_height=4,
+        pixel_width=2,
+        pixel_height=4,
+        backend="simulated",
+    )
+    return CaptureService(device, None, CaptureConfig(), lambda: 0)
+
+
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.int16, np.float32]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+    )
+)
+@settings(max_examples=100, deadline=None)
+def test_publish_rgb_takes_a_picture_or_names_what_it_was_given(array):
+    async def publish_one():
+        service = _capture_service()
+        encoder = service.attach(capacity=1, needs_jpeg=False)
+        jpeg_viewer = service.attach()
+        assert service.wants_jpeg
+        good = array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3 and array.size
+        if not good:
+            with pytest.raises(ValueError, match=r"publish_rgb takes a \(height, width, 3\) uint8"):
+                service.publish_rgb(array)
+            assert service.statistics().frames_in == service.frames_unencoded == 0
+        else:
+            service.publish_rgb(array, point_size=(7, 9))
+            [frame] = encoder._slot.pending
+            assert frame.rgb is array and frame.jpeg is None and frame.seq == 1
+            assert (frame.pixel_height, frame.pixel_width) == array.shape[:2]
+            assert (frame.point_width, frame.point_height) == (7, 9)
+            assert not jpeg_viewer._slot.pending
+            assert service.frames_unencoded == 1
+        # Whatever came before, a JPEG still reaches both and numbering goes on.
+        service.publish(b"\xff\xd8\xff\xd9", pixel_width=2, pixel_height=4)
+        assert jpeg_viewer._slot.take(now=0).seq == (2 if good else 1)
+        service.detach(jpeg_viewer)
+        assert not service.wants_jpeg
+
+    trio.run(publish_one)

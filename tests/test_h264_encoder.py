@@ -44,3 +44,29 @@ def test_every_idr_carries_parameter_sets_and_colours_survive(width, height):
         error = np.mean((got - want) ** 2)
         assert 10 * np.log10(255**2 / error) > 35
     encoder.close()
+
+
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (201, 99)])
+def test_rgb_pixels_encode_as_truly_as_a_jpeg_of_them(width, height):
+    """A frame without a JPEG (only the encoder watched) goes straight from its pixels."""
+    from_rgb = PyAVH264Encoder(width, height, fps=30)
+    from_jpeg = PyAVH264Encoder(width, height, fps=30)
+    jpeg = JpegEncoder(width, height, 90)
+    decoders = [av.CodecContext.create("h264", "r") for _ in range(2)]
+    for index in range(4):
+        source = picture(width, height, index * 4)
+        decoded = []
+        for encoder, decoder, given in zip(
+            (from_rgb, from_jpeg), decoders, (source, jpeg.encode(source)), strict=True
+        ):
+            [(data, _)] = encoder.encode(given, index * 3000, index == 0)
+            [frame] = decoder.decode(av.Packet(data))
+            decoded.append(frame.to_ndarray(format="rgb24").astype(float))
+        got_rgb, got_jpeg = decoded
+        want = source[: got_rgb.shape[0], : got_rgb.shape[1]].astype(float)
+        assert got_rgb.shape == got_jpeg.shape == (height - height % 2, width - width % 2, 3)
+        assert np.abs((got_rgb - want).mean(axis=(0, 1))).max() < 2.5
+        psnr_rgb = 10 * np.log10(255**2 / np.mean((got_rgb - want) ** 2))
+        psnr_jpeg = 10 * np.log10(255**2 / np.mean((got_jpeg - want) ** 2))
+        # One lossy step fewer: at least as true to the source as the JPEG path.
+        assert psnr_rgb > 35 and psnr_rgb >= psnr_jpeg - 0.5

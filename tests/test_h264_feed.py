@@ -68,6 +68,32 @@ async def test_feeds_share_one_encoder_beside_jpeg_viewers_and_it_stops_when_idl
             assert all(c.statistics().viewers == 0 for c in bridge.pool.services())
 
 
+async def test_the_encoder_takes_pixels_until_a_jpeg_viewer_comes_and_again_after(tmp_path):
+    """No JPEG viewer: the simulated device skips the JPEG its encoder would decode again."""
+    async with open_bridge(
+        settings(tmp_path, fps=15), backends={"simulated": simulated(inline=False)}
+    ) as bridge:
+        sid = (await bridge.create_session(DEVICE, "18.0")).session_id
+        with trio.fail_after(30):
+            async with bridge.h264_feed(sid) as feed:
+                before = [await feed.receive() for _ in range(4)]
+                [capture] = bridge.pool.services()
+                alone = capture.statistics()
+                assert alone.frames_unencoded == alone.frames_in > 0
+                async with bridge.watch(sid) as jpeg:
+                    frame = await jpeg.receive()  # never a frame of pixels
+                    assert frame.jpeg.startswith(b"\xff\xd8") and frame.rgb is None
+                    during = [await feed.receive() for _ in range(4)]
+                    watched = capture.statistics()
+                    await jpeg.receive()
+                    assert capture.statistics().frames_unencoded == watched.frames_unencoded
+                after = [await feed.receive() for _ in range(6)]
+                assert capture.statistics().frames_unencoded > watched.frames_unencoded
+    packets = before + during + after
+    assert [p.frame_number for p in packets] == sorted({p.frame_number for p in packets})
+    assert len(decode(packets)) == len(packets)  # one stream across both kinds of frame
+
+
 async def test_unknown_session_and_deleted_session(tmp_path):
     async with open_bridge(
         settings(tmp_path, fps=15), backends={"simulated": simulated(inline=False)}

@@ -45,7 +45,11 @@ def make_clip(path, *, codec: str = "mpeg4", frames: int = FRAMES, rate: int = R
 
 
 def frame_index(jpeg: bytes) -> int:
-    red, green, _ = decode_jpeg(jpeg).reshape(-1, 3).mean(axis=0)
+    return frame_index_of_pixels(decode_jpeg(jpeg))
+
+
+def frame_index_of_pixels(pixels: np.ndarray) -> int:
+    red, green, _ = pixels.reshape(-1, 3).mean(axis=0)
     index = round((red - 20) / 10)
     assert abs(red - colour(index)[0]) < 5 and abs(green - colour(index)[1]) < 5
     return index
@@ -411,6 +415,28 @@ async def test_screenshot_during_capture_is_the_frame_viewers_saw(clip, autojump
             await sink.wait_for(3)
             shot = await media.screenshot(device)
             assert shot.data == sink.frames[-1][1]
+
+
+async def test_only_an_encoder_watching_gets_pixels_and_a_screenshot_is_still_a_jpeg(
+    clip, autojump_clock
+):
+    media, device = await clip_device(clip)
+    sink = RecordingSink(wants_jpeg=False)
+    with trio.fail_after(60):
+        async with capturing(media, device, sink):
+            await sink.wait_for(3)
+            shot = await media.screenshot(device)
+            last = sink.frames[-1][1]
+            sink.wants_jpeg = True
+            await sink.wait_for(len(sink.frames) + 2)
+    unencoded = [picture for _, picture, _ in sink.frames if isinstance(picture, np.ndarray)]
+    assert len(unencoded) >= 3 and isinstance(sink.frames[-1][1], bytes)
+    for pixels in unencoded:
+        assert pixels.shape == (device.pixel_height, device.pixel_width, 3)
+    # The screenshot is the pixels viewers were last given, encoded for it.
+    assert shot.format == "jpeg"
+    assert np.abs(decode_jpeg(shot.data).astype(int) - last.astype(int)).mean() < 4
+    assert frame_index(shot.data) == frame_index_of_pixels(last)
 
 
 async def test_controls_are_accepted_and_change_nothing(clip):

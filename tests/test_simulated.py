@@ -40,8 +40,9 @@ def make_backend(**overrides) -> SimulatedBackend:
 class FakeSink:
     """A FrameSink that records every publish, with viewers that come and go on demand."""
 
-    def __init__(self, *, viewers: bool = True) -> None:
+    def __init__(self, *, viewers: bool = True, wants_jpeg: bool = True) -> None:
         self.frames: list[dict] = []
+        self.wants_jpeg = wants_jpeg
         self._viewers_present = trio.Event()
         self._published = trio.Event()
         if viewers:
@@ -75,6 +76,18 @@ class FakeSink:
         )
         self._published.set()
         self._published = trio.Event()
+
+    def publish_rgb(self, rgb, *, timestamp=None, input_seq=None, point_size=None):
+        height, width = rgb.shape[:2]
+        self.publish(
+            None,
+            pixel_width=width,
+            pixel_height=height,
+            timestamp=timestamp,
+            input_seq=input_seq,
+            point_size=point_size,
+        )
+        self.frames[-1]["rgb"] = rgb
 
     async def wait_for_frames(self, count: int) -> None:
         while len(self.frames) < count:
@@ -245,6 +258,36 @@ async def test_capture_renders_nothing_while_nobody_watches(autojump_clock):
             published = len(sink.frames)
             await trio.sleep(3)
             assert len(sink.frames) == published
+
+
+async def test_capture_publishes_pixels_while_no_viewer_wants_jpeg(autojump_clock):
+    backend = make_backend()
+    device = await backend.create_device(IPHONE, "18.0")
+    sink = FakeSink(wants_jpeg=False)
+    with trio.fail_after(60):
+        async with capturing(backend, device, sink, fps=10):
+            await sink.wait_for_frames(2)
+            sink.wants_jpeg = True
+            await sink.wait_for_frames(len(sink.frames) + 2)
+            sink.wants_jpeg = False
+            await sink.wait_for_frames(len(sink.frames) + 2)
+
+    kinds = ["jpeg" if frame["jpeg"] is not None else "rgb" for frame in sink.frames]
+    # Each frame follows what the sink said when the frame was begun.
+    assert kinds[:2] == ["rgb", "rgb"] and "jpeg" in kinds and kinds[-1] == "rgb"
+    assert kinds.index("jpeg") <= 3
+    unencoded = [frame for frame in sink.frames if frame["jpeg"] is None]
+    encoded = [frame for frame in sink.frames if frame["jpeg"] is not None]
+    for frame in unencoded:
+        assert frame["rgb"].shape == (HEIGHT, WIDTH, 3) and frame["rgb"].dtype == np.uint8
+        assert (frame["pixel_width"], frame["pixel_height"]) == (WIDTH, HEIGHT)
+        assert isinstance(frame["timestamp"], float)
+    # The pixels are the picture the JPEG would have shown: the same test card.
+    jpeg_pixels = pixels(encoded[0]["jpeg"])
+    rgb_pixels = unencoded[0]["rgb"].astype(np.int16)
+    static = slice(HEIGHT - 200, HEIGHT)  # below the moving bars, clock and counters
+    assert np.abs(jpeg_pixels[static] - rgb_pixels[static]).mean() < 3
+    assert backend.statistics().frames_rendered == len(sink.frames)
 
 
 async def test_tap_marks_the_next_frame_which_carries_its_input_seq(autojump_clock):

@@ -272,9 +272,13 @@ class _Reader:
             self._since_rewind += 1
             return frame.time, frame
 
-    def encode(self, frame: av.VideoFrame, width: int, height: int, quality: int) -> bytes:
+    def pixels(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        """``frame`` scaled to ``width`` x ``height``, as RGB."""
         rgb = self._scaler.reformat(frame, width=width, height=height, format="rgb24", threads=1)
-        pixels: np.ndarray = rgb.to_ndarray()
+        return rgb.to_ndarray()
+
+    def encode(self, frame: av.VideoFrame, width: int, height: int, quality: int) -> bytes:
+        pixels = self.pixels(frame, width, height)
         if self._encoder is None:
             self._encoder = JpegEncoder(width, height, quality)
         return self._encoder.encode(pixels)
@@ -315,6 +319,11 @@ def _grab(
         reader.close()
 
 
+def _encode_once(pixels: np.ndarray, quality: int) -> bytes:
+    height, width = pixels.shape[:2]
+    return JpegEncoder(width, height, quality).encode(pixels)
+
+
 # --- the backend -----------------------------------------------------------------------------
 
 
@@ -330,7 +339,7 @@ class _Device:
         self.info = info
         self.source = source
         self.meter = SourceMeter(info.udid, source.display)
-        self.last_jpeg: bytes | None = None
+        self.last_picture: bytes | np.ndarray | None = None  # as last published
 
 
 def _check_size(name: str, value: int | None) -> None:
@@ -546,17 +555,17 @@ class MediaBackend:
                 deadline = pacer.schedule(pts, trio.current_time())
                 if deadline is None:
                     continue
-                jpeg = await self._run_in_worker(
-                    reader.encode, frame, width, height, self._quality, limiter=self._encode_limiter
-                )
+                if sink.wants_jpeg:
+                    make = partial(reader.encode, frame, width, height, self._quality)
+                    publish = partial(sink.publish, pixel_width=width, pixel_height=height)
+                else:
+                    # Only an H.264 encoder watching: it takes pixels, not a JPEG to decode.
+                    make = partial(reader.pixels, frame, width, height)
+                    publish = sink.publish_rgb
+                picture = await self._run_in_worker(make, limiter=self._encode_limiter)
                 await trio.sleep_until(deadline)
-                sink.publish(
-                    jpeg,
-                    pixel_width=width,
-                    pixel_height=height,
-                    input_seq=sink.applied_input_seq,
-                )
-                state.last_jpeg = jpeg
+                publish(picture, input_seq=sink.applied_input_seq)
+                state.last_picture = picture
                 meter.frame(trio.current_time())
         except SourceFailed as exc:
             meter.last_error = f"media source {state.source.display}: {exc}"
@@ -575,8 +584,12 @@ class MediaBackend:
     async def screenshot(self, device: DeviceInfo) -> Screenshot:
         """The frame viewers saw last, or, with no capture running, a fresh one from the source."""
         state = self._device(device)
-        jpeg = state.last_jpeg if state.meter.captures else None
-        if jpeg is None:
+        last = state.last_picture if state.meter.captures else None
+        if isinstance(last, np.ndarray):
+            jpeg = await self._run_in_worker(
+                _encode_once, last, self._quality, limiter=self._encode_limiter
+            )
+        elif last is None:
             try:
                 jpeg = await self._run_in_worker(
                     _grab,
@@ -592,6 +605,7 @@ class MediaBackend:
                 raise DeviceError(f"media source {state.source.display}: {exc}") from exc
         else:
             await trio.lowlevel.checkpoint()
+            jpeg = last
         return Screenshot.jpeg_of(device, jpeg)
 
     async def stream_logs(self, device: DeviceInfo, emit: Callable[[LogLine], None]) -> None:

@@ -319,6 +319,11 @@ class _FrameMaker:
         # One encoder per picture size: portrait, and landscape once the device is turned.
         self._encoders: dict[tuple[int, int], JpegEncoder] = {}
 
+    def paint(self, scene: _Scene) -> tuple[np.ndarray, float]:
+        """Return the RGB pixels and how long painting them took, in seconds."""
+        started = time.perf_counter()
+        return self._painter.paint(scene), time.perf_counter() - started
+
     def make(self, scene: _Scene) -> tuple[bytes, float]:
         """Return the JPEG and how long painting and encoding it took, in seconds."""
         started = time.perf_counter()
@@ -567,19 +572,32 @@ class SimulatedBackend(SimulatedActions):
                 deadline = max(deadline, trio.current_time())  # this frame's slot
                 wall_time = time.time()
                 scene = self._device(info.udid).scene(trio.current_time(), wall_time)
-                jpeg, seconds = await self._run_in_worker(
-                    maker.make, scene, limiter=self._encode_limiter
+                # Only an H.264 encoder watching: it takes the pixels, not a JPEG it
+                # would decode again.
+                picture, seconds = await self._run_in_worker(
+                    maker.make if sink.wants_jpeg else maker.paint,
+                    scene,
+                    limiter=self._encode_limiter,
                 )
                 self._record_render(seconds)
-                width, height = turned(info.pixel_width, info.pixel_height, scene.rotation)
-                sink.publish(
-                    jpeg,
-                    pixel_width=width,
-                    pixel_height=height,
-                    point_size=turned(info.point_width, info.point_height, scene.rotation),
-                    timestamp=wall_time,
-                    input_seq=scene.input_seq,
-                )
+                point_size = turned(info.point_width, info.point_height, scene.rotation)
+                if isinstance(picture, bytes):
+                    width, height = turned(info.pixel_width, info.pixel_height, scene.rotation)
+                    sink.publish(
+                        picture,
+                        pixel_width=width,
+                        pixel_height=height,
+                        point_size=point_size,
+                        timestamp=wall_time,
+                        input_seq=scene.input_seq,
+                    )
+                else:
+                    sink.publish_rgb(
+                        picture,
+                        point_size=point_size,
+                        timestamp=wall_time,
+                        input_seq=scene.input_seq,
+                    )
                 deadline += interval
         finally:
             self._active_captures -= 1

@@ -169,6 +169,11 @@ class BridgeCollector(Collector):
             "frames_in": CounterMetricFamily(
                 "bridge_capture_frames_in", "Frames captured.", labels=labels
             ),
+            "frames_unencoded": CounterMetricFamily(
+                "bridge_capture_frames_unencoded",
+                "Frames captured as pixels, not JPEG: only an H.264 encoder watched.",
+                labels=labels,
+            ),
             "frames_delivered": CounterMetricFamily(
                 "bridge_capture_frames_delivered", "Frames taken by viewers.", labels=labels
             ),

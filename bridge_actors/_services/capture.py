@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import trio
 
 from .._device import DeviceBackend, DeviceInfo, Frame
@@ -49,6 +50,7 @@ class CaptureStatistics:
     fps_in: float
     fps_out: float
     frames_in: int
+    frames_unencoded: int  # of frames_in, published as pixels: no viewer wanted JPEG
     frames_delivered: int
     frames_dropped: int
     evicted: int
@@ -91,6 +93,7 @@ class CaptureService:
         self.started_at = trio.current_time()
         self.last_used = self.started_at
         self._seq = 0
+        self.frames_unencoded = 0
         self._viewers_changed = trio.Event()
         self._in = RateMeter()
         self._out = RateMeter()
@@ -106,6 +109,10 @@ class CaptureService:
         while not self.fanout:
             await self._viewers_changed.wait()
 
+    @property
+    def wants_jpeg(self) -> bool:
+        return self.fanout.jpeg_viewers > 0
+
     def publish(
         self,
         jpeg: bytes,
@@ -115,6 +122,43 @@ class CaptureService:
         timestamp: float | None = None,
         input_seq: int | None = None,
         point_size: tuple[int, int] | None = None,
+    ) -> None:
+        self._publish(jpeg, None, pixel_width, pixel_height, timestamp, input_seq, point_size)
+
+    def publish_rgb(
+        self,
+        rgb: np.ndarray,
+        *,
+        timestamp: float | None = None,
+        input_seq: int | None = None,
+        point_size: tuple[int, int] | None = None,
+    ) -> None:
+        if not (
+            isinstance(rgb, np.ndarray)
+            and rgb.dtype == np.uint8
+            and rgb.ndim == 3
+            and rgb.shape[2] == 3
+            and rgb.size
+        ):
+            got = (
+                f"a {rgb.dtype} array of shape {rgb.shape}"
+                if isinstance(rgb, np.ndarray)
+                else type(rgb).__name__
+            )
+            raise ValueError(f"publish_rgb takes a (height, width, 3) uint8 array, not {got}")
+        height, width = rgb.shape[:2]
+        self.frames_unencoded += 1
+        self._publish(None, rgb, width, height, timestamp, input_seq, point_size)
+
+    def _publish(
+        self,
+        jpeg: bytes | None,
+        rgb: np.ndarray | None,
+        pixel_width: int,
+        pixel_height: int,
+        timestamp: float | None,
+        input_seq: int | None,
+        point_size: tuple[int, int] | None,
     ) -> None:
         now = trio.current_time()
         point_width, point_height = point_size or (
@@ -127,6 +171,7 @@ class CaptureService:
             timestamp=time.time() if timestamp is None else timestamp,
             captured_at=now,
             jpeg=jpeg,
+            rgb=rgb,
             pixel_width=pixel_width,
             pixel_height=pixel_height,
             point_width=point_width,
@@ -143,8 +188,14 @@ class CaptureService:
     def accepting(self) -> bool:
         return self.state in ("starting", "running") and not self.scope.cancel_called
 
-    def attach(self, *, max_fps: float | None = None, capacity: int | None = None) -> Viewer:
-        viewer = self.fanout.add(max_fps=max_fps, capacity=capacity)
+    def attach(
+        self,
+        *,
+        max_fps: float | None = None,
+        capacity: int | None = None,
+        needs_jpeg: bool = True,
+    ) -> Viewer:
+        viewer = self.fanout.add(max_fps=max_fps, capacity=capacity, needs_jpeg=needs_jpeg)
         self._notify()
         return viewer
 
@@ -218,6 +269,7 @@ class CaptureService:
             fps_in=self._in.rate(now),
             fps_out=self._out.rate(now),
             frames_in=fanout.frames_in,
+            frames_unencoded=self.frames_unencoded,
             frames_delivered=fanout.frames_delivered,
             frames_dropped=fanout.frames_dropped,
             evicted=fanout.evicted,
@@ -303,17 +355,19 @@ class CapturePool:
         *,
         max_fps: float | None = None,
         capacity: int | None = None,
+        needs_jpeg: bool = True,
     ) -> AsyncIterator[Viewer]:
         """Attach one viewer to the device's capture, starting it if needed.
 
         ``input_seq`` is a zero-argument callable giving the device's last applied
         control number; frames carry it. ``capacity`` overrides the slot size (an
-        encoder takes 1: always the newest frame).
+        encoder takes 1: always the newest frame). A viewer that encodes pictures
+        itself passes ``needs_jpeg=False`` and may be given frames as RGB pixels.
         """
         await trio.lowlevel.checkpoint()
         service = self._service_for(backend, device, input_seq)
         self.attaches += 1
-        viewer = service.attach(max_fps=max_fps, capacity=capacity)
+        viewer = service.attach(max_fps=max_fps, capacity=capacity, needs_jpeg=needs_jpeg)
         try:
             with viewer.lifeline.held():
                 yield viewer

@@ -96,9 +96,12 @@ class Viewer:
     CaptureStopped) once it is closed and nothing is left to take.
     """
 
-    def __init__(self, fanout: Fanout, slot: ViewerSlot, max_fps: float | None) -> None:
+    def __init__(
+        self, fanout: Fanout, slot: ViewerSlot, max_fps: float | None, needs_jpeg: bool = True
+    ) -> None:
         self._fanout = fanout
         self._slot = slot
+        self.needs_jpeg = needs_jpeg
         self._handoff: Handoff[Frame] = Handoff()
         self.lifeline = Lifeline()
         self.max_fps = max_fps
@@ -184,6 +187,7 @@ class Fanout:
         self.deadline = deadline
         self._viewers: dict[int, Viewer] = {}
         self._next_key = 0
+        self.jpeg_viewers = 0
         self.frames_in = 0
         self.frames_offered = 0
         self.evicted = 0
@@ -196,15 +200,25 @@ class Fanout:
     def __iter__(self) -> Iterator[Viewer]:
         return iter(list(self._viewers.values()))
 
-    def add(self, *, max_fps: float | None = None, capacity: int | None = None) -> Viewer:
+    def add(
+        self,
+        *,
+        max_fps: float | None = None,
+        capacity: int | None = None,
+        needs_jpeg: bool = True,
+    ) -> Viewer:
+        """A new viewer. One with ``needs_jpeg=False`` encodes pictures itself and is
+        also offered frames that carry only RGB pixels (see :class:`Frame`)."""
         self._next_key += 1
         slot = ViewerSlot(self._next_key, capacity or self.capacity)
-        viewer = Viewer(self, slot, max_fps)
+        viewer = Viewer(self, slot, max_fps, needs_jpeg)
         self._viewers[slot.key] = viewer
+        self.jpeg_viewers += needs_jpeg
         return viewer
 
     def remove(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.key, None) is not None:
+            self.jpeg_viewers -= viewer.needs_jpeg
             self._delivered_by_gone += viewer._slot.delivered
             self._dropped_by_gone += viewer._slot.dropped
 
@@ -224,6 +238,8 @@ class Fanout:
                     )
                 )
                 continue
+            if frame.jpeg is None and viewer.needs_jpeg:
+                continue  # joined while the frame was made without a JPEG; the next has one
             slot.offer(frame, now)
             self.frames_offered += 1
             viewer._offered(now)

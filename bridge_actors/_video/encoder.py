@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import trio
 
@@ -53,6 +53,10 @@ from .._errors import CaptureFailed, CaptureStopped, ServerBusy, ViewerEvicted
 from .._services.handoff import Handoff, Sink
 from .._services.lifeline import Lifeline
 from .._services.supervision import Supervisor
+
+if TYPE_CHECKING:
+    import numpy as np
+
 from .h264 import (
     TIME_BASE,
     H264Error,
@@ -96,8 +100,11 @@ class EncodedPacket:
 class FrameEncoder(Protocol):
     """A codec for one picture size, used from one worker thread at a time."""
 
-    def encode(self, jpeg: bytes, pts: int, keyframe: bool) -> list[tuple[bytes, int]]:
-        """Encode one JPEG frame; returns ``(Annex B access unit, pts)`` per packet."""
+    def encode(
+        self, picture: bytes | np.ndarray, pts: int, keyframe: bool
+    ) -> list[tuple[bytes, int]]:
+        """Encode one frame's picture (a JPEG, or RGB pixels: see :attr:`Frame.picture`);
+        returns ``(Annex B access unit, pts)`` per packet."""
         ...
 
     def close(self) -> None: ...
@@ -607,7 +614,7 @@ class EncoderService:
         encoder = self._encoder
         started = trio.current_time()
         encoded = await self._run_in_worker(
-            encoder.encode, frame.jpeg, pts, keyframe, limiter=self._limiter
+            encoder.encode, frame.picture, pts, keyframe, limiter=self._limiter
         )
         self.encode_seconds += trio.current_time() - started
         self.frames_encoded += 1

@@ -1,4 +1,4 @@
-"""The H.264 encoder itself: JPEG frames in, Annex B access units out, through PyAV.
+"""The H.264 encoder itself: JPEG frames or RGB pixels in, Annex B access units out, through PyAV.
 
 Blocking and CPU-bound: the encoder service calls it from a worker thread, one
 frame at a time, never from two threads at once. It owns the choice of codec
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import av
 import av.video.frame
+import numpy as np
 
 from .h264 import TIME_BASE
 
@@ -80,25 +81,22 @@ class PyAVH264Encoder:
         context.open()
         self._context = context
 
-    def encode(self, jpeg: bytes, pts: int, keyframe: bool) -> list[tuple[bytes, int]]:
-        """Decode one JPEG, encode it at ``pts`` (1/90000 s), an IDR if ``keyframe``.
+    def encode(
+        self, picture: bytes | np.ndarray, pts: int, keyframe: bool
+    ) -> list[tuple[bytes, int]]:
+        """Encode one JPEG (bytes) or ``(height, width, 3)`` RGB array at ``pts``
+        (1/90000 s), an IDR if ``keyframe``.
 
         Returns ``(Annex B access unit, pts)`` for each packet the codec gives back.
         """
+        if isinstance(picture, np.ndarray):
+            pictures = [self._from_rgb(picture)]
+        else:
+            pictures = [
+                self._from_jpeg(decoded) for decoded in self._decoder.decode(av.Packet(picture))
+            ]
         packets = []
-        for picture in self._decoder.decode(av.Packet(jpeg)):
-            # A JPEG is full range (yuvj420p); H.264 decoders assume limited range unless
-            # told otherwise, so convert, or every viewer sees washed-out colours.
-            if (picture.width, picture.height) == (self.width, self.height):
-                frame = picture.reformat(
-                    format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG"
-                )
-            else:
-                # Cropped, not scaled: scaling a screen by one pixel blurs every edge.
-                rgb = picture.to_ndarray(format="rgb24")[: self.height, : self.width]
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                    format="yuv420p", dst_color_range="MPEG"
-                )
+        for frame in pictures:
             frame.pts = pts
             frame.time_base = TIME_BASE
             frame.pict_type = (
@@ -107,6 +105,23 @@ class PyAVH264Encoder:
             for packet in self._context.encode(frame):
                 packets.append((bytes(packet), pts if packet.pts is None else int(packet.pts)))
         return packets
+
+    def _from_jpeg(self, picture: av.VideoFrame) -> av.VideoFrame:
+        # A JPEG is full range (yuvj420p); H.264 decoders assume limited range unless
+        # told otherwise, so convert, or every viewer sees washed-out colours.
+        if (picture.width, picture.height) == (self.width, self.height):
+            return picture.reformat(
+                format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG"
+            )
+        return self._from_rgb(picture.to_ndarray(format="rgb24"))
+
+    def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
+        # Cropped, not scaled: scaling a screen by one pixel blurs every edge.
+        if rgb.shape[:2] != (self.height, self.width):
+            rgb = np.ascontiguousarray(rgb[: self.height, : self.width])
+        return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format="yuv420p", dst_color_range="MPEG"
+        )
 
     def close(self) -> None:
         """Free the codec (the remaining buffered frames, if any, are dropped)."""
