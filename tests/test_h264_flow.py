@@ -238,6 +238,28 @@ async def test_a_lagging_feed_skips_to_the_next_keyframe_never_a_half_gop(autoju
         assert_decodable(received)
 
 
+async def test_a_feed_that_skips_asks_for_the_next_keyframe_within_the_gate(autojump_clock):
+    async with encoder_pool(keyframe_interval=10.0, backlog=5, feed_deadline=5.0) as pool:
+        capture = FakeCapture()
+        received: list[EncodedPacket] = []
+        async with pool.subscribe("device", capture.subscribe) as feed:
+            received.append(await feed.receive())
+            service = pool.get("device")
+            lagged_at = trio.current_time()
+            await trio.sleep(0.25)  # 7 frames: one more than the backlog holds
+            received.extend([await feed.receive() for _ in range(5)])
+            # Resumed at a forced IDR just after the skip, not the natural one 10 s on.
+            resumed = next(p for p in received[1:] if p.keyframe)
+            assert resumed.captured_at - lagged_at <= 0.25
+            assert feed.statistics().skips == 1 and service.gate.granted == 1
+            await trio.sleep(0.25)  # behind again within the interval: the gate refuses
+            received.extend([await feed.receive() for _ in range(2)])
+            assert feed.statistics().skips == 2 and service.gate.granted == 1
+            assert service.gate.refused == 1
+            assert received[-2].keyframe and received[-2].captured_at >= 10.0  # the natural IDR
+        assert_decodable(received)
+
+
 async def test_a_feed_that_takes_nothing_is_evicted_after_the_deadline(autojump_clock):
     async with encoder_pool(feed_deadline=2.0) as pool:
         capture = FakeCapture()

@@ -12,8 +12,10 @@ longer, then cancels itself.
 
 Every packet is handed to every feed's :class:`FeedSlot` without waiting. A
 feed that falls ``backlog`` packets behind drops what it has and resumes at
-the next keyframe (a P-frame without the frames before it decodes to grey); one
-that takes nothing past the deadline is evicted, as JPEG viewers are.
+the next keyframe (a P-frame without the frames before it decodes to grey),
+which it asks for as a joiner does, so its picture freezes for a frame rather
+than up to an interval when the gate allows; one that takes nothing past the
+deadline is evicted, as JPEG viewers are.
 
 A joining feed must not wait for the next natural keyframe: either an IDR is
 forced for it (``join="idr"``; the :class:`KeyframeGate` allows one forced IDR
@@ -698,7 +700,12 @@ class EncoderService:
                     )
                 )
                 continue
+            skips = slot.skips
             slot.offer(packet, now)
+            if slot.skips != skips and slot.waiting_for_keyframe:
+                # Its picture is frozen until the next IDR: bring one forward, within
+                # the gate's one forced IDR per interval.
+                self.request_keyframe()
             feed._offered(now)
 
     async def _stop_when_idle(self) -> None:
