@@ -51,6 +51,8 @@ def summarize_viewers(
                 "viewer": v["index"],
                 "device": v.get("device", 0),
                 "frames": v["frames"],
+                "first_seq": v.get("first_seq"),
+                "last_seq": v.get("last_seq"),
                 "source_frames": source,
                 "fraction": _round(v["frames"] / source if source else 0.0, 4),
                 "fps": _round(v["frames"] / duration if duration else None, 2),

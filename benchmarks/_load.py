@@ -139,8 +139,14 @@ async def viewer_load(
 ) -> LoadOutcome:
     """Connect ``urls`` (url, device index) as viewers, measure ``duration`` seconds, report.
 
-    ``health`` off for a server without the HTTP routes (the ceiling).
+    ``health`` off for a server without the HTTP routes (the ceiling). An H.264 run
+    settles for at least a keyframe interval: a viewer that fell behind while the
+    crowd connected resumes at a keyframe, and the window measures the steady
+    stream, not that recovery (the skips are reported, before and within the window).
     """
+    if fmt == "h264":
+        interval = float(server.settings.get("h264_keyframe_interval", H264_KEYFRAME_INTERVAL))
+        settle = max(settle, interval + 0.5)
     meter = ProcessMeter(server.pid)
     rss_before = await sample_rss(meter)
     procs = ctx.client_procs(len(urls))
@@ -224,6 +230,8 @@ async def viewer_load(
         source_frames_stats=frames_in,
     )
     aggregate["client_procs"] = procs
+    if fmt == "h264" and stats1 is not None:
+        aggregate.update(_h264_during(stats0, stats1))
     client_cpu = client_cpu1 - client_cpu0
     aggregate["client_cpu_util"] = round(client_cpu / duration, 3)
     # What else ran on the machine meanwhile (another test suite, a build): figures taken
@@ -262,6 +270,36 @@ def _frames_in_delta(
         if "frames_in" in end.get(udid, {}):
             deltas[device] = end[udid]["frames_in"] - start.get(udid, {}).get("frames_in", 0)
     return deltas or None
+
+
+def _h264_during(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, int]:
+    """What the devices' H.264 encoders did in the window: keyframes made (and how many
+    forced for joiners or requests), and feeds that fell behind and skipped to a keyframe;
+    and the skips before it, while the viewers connected."""
+    start = (before or {}).get("h264", {})
+    end = (after or {}).get("h264", {})
+    totals = {
+        "skips_while_connecting": sum(
+            feed["skips"] for encoder in start.values() for feed in encoder.get("per_feed", ())
+        ),
+        "keyframes": 0,
+        "forced_keyframes": 0,
+        "skips": 0,
+        "viewers_skipping": 0,
+    }
+    for udid, encoder in end.items():
+        earlier = start.get(udid, {})
+        for name in ("keyframes", "forced_keyframes"):
+            totals[name] += encoder.get(name, 0) - earlier.get(name, 0)
+        skips_before = {feed["key"]: feed["skips"] for feed in earlier.get("per_feed", ())}
+        for feed in encoder.get("per_feed", ()):
+            skipped = feed["skips"] - skips_before.get(feed["key"], 0)
+            totals["skips"] += skipped
+            totals["viewers_skipping"] += skipped > 0
+    return {f"h264_{name}": value for name, value in totals.items()}
+
+
+H264_KEYFRAME_INTERVAL = 2.0  # the server's unless its settings say otherwise
 
 
 def budget(*parts: float) -> float:
