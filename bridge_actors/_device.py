@@ -99,7 +99,7 @@ class DeviceInfo:
 
 
 class Frame:
-    """One captured, JPEG-encoded frame, shared by every viewer of its device.
+    """One captured frame, shared by every viewer of its device.
 
     A frame carries either its ``jpeg`` or, while no viewer of the device wants
     JPEG (only its H.264 encoder watches), its unencoded ``rgb`` pixels: a capture

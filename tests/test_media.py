@@ -429,6 +429,7 @@ async def test_only_an_encoder_watching_gets_pixels_and_a_screenshot_is_still_a_
             last = sink.frames[-1][1]
             sink.wants_jpeg = True
             await sink.wait_for(len(sink.frames) + 2)
+    assert media._device(device).last_picture is None  # a capture's last frame dies with it
     unencoded = [picture for _, picture, _ in sink.frames if isinstance(picture, np.ndarray)]
     assert len(unencoded) >= 3 and isinstance(sink.frames[-1][1], bytes)
     for pixels in unencoded:

@@ -575,6 +575,8 @@ class MediaBackend:
             raise
         finally:
             meter.captures -= 1
+            if not meter.captures:
+                state.last_picture = None  # no screenshot reads it now; a frame of pixels is big
             if pacer is not None:
                 self._frames_skipped += pacer.skipped
             if reader is not None:

@@ -54,19 +54,25 @@ _REDIS_FAILURES = (
 )
 
 
+_POOL_CLOSED = "Connection pool is not initialized or has exited"
+
+
 def _is_redis_failure(exc: BaseException, *, client_retired: bool = False) -> bool:
     """Redis failed (its client's task group may wrap the errors), as opposed to a
     cancellation or our own bug, which must go on up.
 
     ``client_retired``: the call's client was given up while the call ran (Redis was
     lost), and a call on a client whose pool has closed fails with coredis's
-    RuntimeError; that too is Redis being away.
+    RuntimeError ("Connection pool is not initialized or has exited"); that too is
+    Redis being away. Any other RuntimeError is still ours.
     """
     if isinstance(exc, BaseExceptionGroup):
         return all(
             _is_redis_failure(inner, client_retired=client_retired) for inner in exc.exceptions
         )
-    return isinstance(exc, _REDIS_FAILURES) or (client_retired and isinstance(exc, RuntimeError))
+    return isinstance(exc, _REDIS_FAILURES) or (
+        client_retired and isinstance(exc, RuntimeError) and _POOL_CLOSED in str(exc)
+    )
 
 
 class RedisUnavailable(Exception):

@@ -153,12 +153,16 @@ class KeyframeGate:
         self.granted = 0
         self.refused = 0
 
-    def request(self, now: float) -> bool:
-        """Ask for an IDR at the next frame; True if one will come (granted or already due)."""
+    def request(self, now: float, *, counted: bool = True) -> bool:
+        """Ask for an IDR at the next frame; True if one will come (granted or already due).
+
+        ``counted=False`` for the encoder's own asking (a feed that skipped): a refusal
+        of it is not a viewer's or joiner's refusal, and is not counted as one.
+        """
         if self._requested or self.due(now):
             return True
         if self._last_forced is not None and now - self._last_forced < self.interval:
-            self.refused += 1
+            self.refused += counted
             return False
         self._requested = True
         self._last_forced = now
@@ -451,9 +455,12 @@ class EncoderService:
             self._notify()
 
     def request_keyframe(self) -> bool:
+        return self._request_keyframe(counted=True)
+
+    def _request_keyframe(self, *, counted: bool) -> bool:
         if self.source == "passthrough":
             return False
-        return self.gate.request(trio.current_time())
+        return self.gate.request(trio.current_time(), counted=counted)
 
     def _notify(self) -> None:
         self._feeds_changed.set()
@@ -705,7 +712,7 @@ class EncoderService:
             if slot.skips != skips and slot.waiting_for_keyframe:
                 # Its picture is frozen until the next IDR: bring one forward, within
                 # the gate's one forced IDR per interval.
-                self.request_keyframe()
+                self._request_keyframe(counted=False)
             feed._offered(now)
 
     async def _stop_when_idle(self) -> None:
