@@ -223,6 +223,29 @@ async def test_gop_replay_starts_a_joiner_at_the_current_idr(autojump_clock):
         assert pool.get("device").gate.granted == 0
 
 
+async def test_a_joiner_with_a_sink_gets_its_replayed_gop_at_once_not_a_packet_a_time(
+    autojump_clock,
+):
+    """A crowd of joiners each sending a replay packet by packet fell behind the live
+    packets and skipped; with a sink the task hands the whole replay over in one go."""
+    async with encoder_pool(join="gop", backlog=5) as pool, trio.open_nursery() as nursery:
+        capture = FakeCapture()
+        async with pool.subscribe("device", capture.subscribe) as first:
+            nursery.start_soon(drain, first)
+            await trio.sleep(1.0)  # 30 packets into the GOP: six times the backlog
+            async with pool.subscribe("device", capture.subscribe) as joiner:
+                sink = SocketLikeSink()
+                joiner.deliver_to(sink)
+                with trio.move_on_after(0.5) as waited:
+                    await joiner.receive()  # hands everything over; nothing left to send
+                assert waited.cancelled_caught
+                assert joiner.statistics().skips == 0
+                assert len(sink.taken) >= 30 + 14
+        nursery.cancel_scope.cancel()
+    assert_decodable(sink.taken)
+    assert sink.taken[0].frame_number == 1  # the GOP's IDR
+
+
 async def test_a_lagging_feed_skips_to_the_next_keyframe_never_a_half_gop(autojump_clock):
     async with encoder_pool(keyframe_interval=1.0, backlog=5, feed_deadline=5.0) as pool:
         capture = FakeCapture()
@@ -295,7 +318,7 @@ async def test_a_codec_failure_ends_every_feed_with_capture_failed(autojump_cloc
         nursery.cancel_scope.cancel()
 
 
-async def test_a_sleeping_viewer_is_delivered_to_by_its_sink_and_woken_for_what_is_left(
+async def test_a_sleeping_viewer_is_delivered_to_by_its_sink_and_hands_it_what_waited(
     autojump_clock,
 ):
     async with encoder_pool(keyframe_interval=1.0, backlog=5, feed_deadline=5.0) as pool:
@@ -324,10 +347,10 @@ async def test_a_sleeping_viewer_is_delivered_to_by_its_sink_and_woken_for_what_
             sink.full = False
             sink.drained.set()
             await trio.sleep(1)
-            # The packets published meanwhile are sent the ordinary way, then the sink resumes.
-            assert len(woken) == waiting and len(sink.taken) > taken_before + 25
+            # The packets published meanwhile the task hands to the sink itself, all at once.
+            assert woken == [] and len(sink.taken) > taken_before + 25
             nursery.cancel_scope.cancel()
-        delivered = sorted(sink.taken + woken, key=lambda packet: packet.frame_number)
+        delivered = sink.taken  # in the order published, each once
         assert_decodable(delivered)
         numbers = [packet.frame_number for packet in delivered]
         assert numbers == list(range(numbers[0], numbers[-1] + 1))

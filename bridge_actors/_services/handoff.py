@@ -6,7 +6,9 @@ connection can be written to without waiting needs none of that. Its ``Handoff``
 holds a :class:`Sink` the server gave it; when the producer offers an item while
 the viewer's task is parked, the item goes to the sink there and then, from the
 producer, and the task sleeps on. It is woken only for what the sink could not
-take at once, and finishes that before anything else.
+take at once, and finishes that before anything else. A task with many items
+waiting (an H.264 joiner's replayed GOP) may hand them to the sink itself, all at
+once, instead of sending them one by one (:meth:`Handoff.hand_over`).
 
 Flow control stays with the slot: the sink takes only what the slot hands out, so
 a viewer written to at once skips, drops and is evicted exactly as one that is not.
@@ -70,15 +72,25 @@ class Handoff(Generic[T]):
     def wake(self) -> None:
         self._lot.unpark_all()
 
+    def can_hand_over(self) -> bool:
+        """A sink is set, ready, and has no item to finish."""
+        sink = self._sink
+        return sink is not None and not self._unfinished and sink.ready()
+
+    def hand_over(self, take: Callable[[float], T | None], now: float) -> bool:
+        """Put what ``take(now)`` gives into the sink (check :meth:`can_hand_over`
+        first). True if the slot was emptied into it; False if the sink left part of an
+        item over, which the viewer's task must :meth:`finish` before anything else."""
+        assert self._sink is not None
+        while (item := take(now)) is not None:
+            if not self._sink.put(item):
+                self._unfinished = True
+                return False
+        return True
+
     def offered(self, take: Callable[[float], T | None], now: float) -> None:
         """An item went into the slot: hand what ``take(now)`` gives to the sink if the
         viewer sleeps and the sink is ready, else wake the viewer."""
-        sink = self._sink
-        if sink is not None and self._lot and not self._unfinished and sink.ready():
-            while (item := take(now)) is not None:
-                if not sink.put(item):
-                    self._unfinished = True
-                    break
-            else:
-                return
+        if self._lot and self.can_hand_over() and self.hand_over(take, now):
+            return
         self._lot.unpark_all()

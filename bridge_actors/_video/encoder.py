@@ -316,7 +316,16 @@ class H264Feed:
             await self._handoff.finish()
             if self.lifeline.reason is not None:
                 raise self.lifeline.reason
-            packet = self._slot.take(trio.current_time())
+            now = trio.current_time()
+            # A joiner's replayed GOP, or what came while the socket was full, goes out
+            # at once: sent a packet at a time under a crowd of joiners, a replay fell
+            # behind the live packets and skipped. (A JPEG viewer has two frames at most
+            # waiting and sends them itself: handing them over measured slower there.)
+            if self._handoff.can_hand_over():
+                if self._handoff.hand_over(self._slot.take, now):
+                    await self._handoff.wait()
+                continue
+            packet = self._slot.take(now)
             if packet is not None:
                 return packet
             await self._handoff.wait()
