@@ -572,32 +572,24 @@ class SimulatedBackend(SimulatedActions):
                 deadline = max(deadline, trio.current_time())  # this frame's slot
                 wall_time = time.time()
                 scene = self._device(info.udid).scene(trio.current_time(), wall_time)
-                # Only an H.264 encoder watching: it takes the pixels, not a JPEG it
-                # would decode again.
+                width, height = turned(info.pixel_width, info.pixel_height, scene.rotation)
+                if sink.wants_jpeg:
+                    make = maker.make
+                    publish = partial(sink.publish, pixel_width=width, pixel_height=height)
+                else:
+                    # Only an H.264 encoder watching: it takes the pixels, not a JPEG it
+                    # would decode again.
+                    make, publish = maker.paint, sink.publish_rgb
                 picture, seconds = await self._run_in_worker(
-                    maker.make if sink.wants_jpeg else maker.paint,
-                    scene,
-                    limiter=self._encode_limiter,
+                    make, scene, limiter=self._encode_limiter
                 )
                 self._record_render(seconds)
-                point_size = turned(info.point_width, info.point_height, scene.rotation)
-                if isinstance(picture, bytes):
-                    width, height = turned(info.pixel_width, info.pixel_height, scene.rotation)
-                    sink.publish(
-                        picture,
-                        pixel_width=width,
-                        pixel_height=height,
-                        point_size=point_size,
-                        timestamp=wall_time,
-                        input_seq=scene.input_seq,
-                    )
-                else:
-                    sink.publish_rgb(
-                        picture,
-                        point_size=point_size,
-                        timestamp=wall_time,
-                        input_seq=scene.input_seq,
-                    )
+                publish(
+                    picture,
+                    point_size=turned(info.point_width, info.point_height, scene.rotation),
+                    timestamp=wall_time,
+                    input_seq=scene.input_seq,
+                )
                 deadline += interval
         finally:
             self._active_captures -= 1

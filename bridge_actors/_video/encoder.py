@@ -55,10 +55,6 @@ from .._errors import CaptureFailed, CaptureStopped, ServerBusy, ViewerEvicted
 from .._services.handoff import Handoff, Sink
 from .._services.lifeline import Lifeline
 from .._services.supervision import Supervisor
-
-if TYPE_CHECKING:
-    import numpy as np
-
 from .h264 import (
     TIME_BASE,
     H264Error,
@@ -69,6 +65,9 @@ from .h264 import (
     with_parameter_sets,
 )
 from .passthrough import Passthrough
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("bridge_actors.h264")
 
